@@ -1,0 +1,1 @@
+"""The NumPy reference backend: the executable definition of the language's semantics."""

@@ -1,0 +1,1 @@
+"""The lark grammar of the .ein language (package data: ein.lark)."""
