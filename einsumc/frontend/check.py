@@ -105,9 +105,9 @@ class _Checker:
                 ok = False
             seen.add(v)
         self.decls[t.name] = replace(t, dtype=dtype)
-        if ok or True:
-            self.tensors[t.name] = {"axes": t.indices, "kind": t.kind, "dtype": dtype,
-                                    "iter_axis": None, "defined_by": []}
+        self.tensors[t.name] = {"axes": t.indices, "kind": t.kind, "dtype": dtype,
+                                "iter_axis": None, "defined_by": []}
+        del ok
         if t.kind == "input":
             self.defined_at[t.name] = t.span
 
@@ -641,9 +641,15 @@ class _Checker:
                          f"`{name}[... {info['axes'][info['iter_axis']]}+1 ...] = ...`", info["init"])
         used = {a.tensor for e in einsums for x in (e.rhs, e.filter) if x is not None
                 for a in N.walk(x) if isinstance(a, N.Access)}
-        for name, d in self.decls.items():
-            if d.kind == "input" and name not in used and not self.errors:
-                self.warn(f"input '{name}' is never used", d.span)
+        if not self.errors:
+            for name, d in self.decls.items():
+                if d.kind == "input" and name not in used:
+                    self.warn(f"input '{name}' is never used", d.span)
+            outputs = {n for n, d in self.decls.items() if d.kind == "output"}
+            for e in einsums:
+                if e.tensor not in used and e.tensor not in outputs and e.kind == "plain":
+                    self.warn(f"'{e.tensor}' is computed but never used (it is not an output)",
+                              e.span)
         stops = []
         for s in self.m.statements:
             if isinstance(s, N.Stop):
