@@ -416,7 +416,7 @@ MASKED = [
 ]
 
 
-@pytest.mark.parametrize("M,P", [(5, 11), (37, 45), (1, 70)])
+@pytest.mark.parametrize("M,P", [(5, 11), (37, 45), (1, 70), (130, 140)])
 @pytest.mark.parametrize("example,extra", MASKED, ids=[Path(e).stem for e, _ in MASKED])
 def test_fully_masked_rows_are_zero(example, extra, M, P):
     """Under `m <= p + M - P` the rows p < P - M see no key: exactly 0, no NaN anywhere,

@@ -64,6 +64,84 @@ def _reads(e: N.Einsum) -> list[N.Access]:
     return out
 
 
+def _skippable(prog: Program, var: str, ids: list[int], full: set[str]) -> tuple[int, ...]:
+    """The filtered statements of a loop whose iterations may be skipped when all of them
+    are fully masked, or () when skipping could change the result.
+
+    Under "every filter in the body is false", absent points propagate (rule 3): a filtered
+    statement is absent, a map with an absent operand is absent except `+`/`max`/`min`,
+    which yield the other operand. Skipping is sound when, under that assumption, no running
+    state depends on the iteration (on data read at the loop coordinate, or on the loop
+    variable as a value) and no tensor kept whole is written: each masked iteration is then
+    the same function of the state, and the runtime skips once one such iteration left the
+    state unchanged.
+    """
+    einsums = prog.einsums
+    filtered = tuple(i for i in ids if einsums[i].filter is not None)
+    if not filtered:
+        return ()
+    body = {einsums[i].tensor for i in ids}
+    absent: set[str] = set()
+    tainted: set[str] = set()
+
+    def walk(x) -> tuple[bool, bool]:  # (absent, depends on the iteration)
+        if isinstance(x, N.Var):
+            return False, x.name == var
+        if isinstance(x, N.Access):
+            info = prog.tensors[x.tensor]
+            if info.iter_axis is not None and x.tensor in body:
+                return False, x.tensor in tainted
+            if x.tensor in body:
+                return x.tensor in absent, x.tensor in tainted
+            return False, any(var in N.value_vars(ix) for ix in x.indices)
+        if isinstance(x, N.BinOp) and x.op == "+" or isinstance(x, N.Call) and x.fn in ("max", "min"):
+            parts = [walk(c) for c in N.children(x)]
+            live = [p for p in parts if not p[0]]
+            return (not live, any(p[1] for p in live))
+        parts = [walk(c) for c in N.children(x)]
+        return (any(p[0] for p in parts), any(p[1] for p in parts))
+
+    for i in ids:
+        e = einsums[i]
+        if e.filter is not None:
+            absent.add(e.tensor)
+            continue
+        a, t = walk(e.rhs)
+        if a:
+            absent.add(e.tensor)
+        elif t:
+            if e.kind == "recur" or e.tensor in full:
+                return ()
+            tainted.add(e.tensor)
+        elif e.tensor in full:
+            return ()
+    return filtered
+
+
+def _materialized(e: N.Einsum) -> tuple[str, ...]:
+    """Variables of the largest array evaluating `e` creates (sizes the query chunks).
+
+    A sum of a product of two or more factors is contracted by matmuls, so only its result
+    (the space less the summed variables) is created; anything else creates the whole space.
+    """
+    if e.reduced and e.reduced[0].op == "sum":
+        factors = 0
+
+        def count(x):
+            nonlocal factors
+            if isinstance(x, N.BinOp) and x.op in "*/":
+                count(x.left)
+                count(x.right)
+            elif isinstance(x, N.Unary) and x.op == "-":
+                count(x.operand)
+            elif not isinstance(x, N.Num):
+                factors += 1
+        count(e.rhs)
+        if factors >= 2:
+            return tuple(v for v in e.space if v not in e.reduced[0].vars)
+    return tuple(e.space)
+
+
 def lower(prog: Program) -> dict:
     """The NumPy plan of a checked program."""
     iter_vars = set(prog.iterative_vars)
@@ -190,6 +268,8 @@ def lower(prog: Program) -> dict:
             "space": tuple(e.space),
             "reduced": red,
             "out_vars": tuple(v for v in e.space if v not in reduced_vars),
+            # the variables of the largest array this statement materializes
+            "materialized": _materialized(e),
             "store": "full" if e.tensor in full else "slice",
             "loop_vars": (loop_of[i],) if i in loop_of else (),
             "dep_vars": tuple(sorted(stmt_deps[i])),
@@ -200,7 +280,8 @@ def lower(prog: Program) -> dict:
     for b in ordered:
         if isinstance(b, list):
             iters = tuple(sorted({einsums[i].tensor for i in b[1] if einsums[i].kind == "recur"}))
-            plan_blocks.append(("loop", b[0], tuple(b[1]), iters))
+            skip = _skippable(prog, b[0], b[1], full)
+            plan_blocks.append(("loop", b[0], tuple(b[1]), iters, skip))
         else:
             plan_blocks.append(b)
 

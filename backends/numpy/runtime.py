@@ -32,6 +32,8 @@ import numpy as np
 
 #: elements of the largest intermediate per query chunk (4 MiB in f32)
 CHUNK_ELEMENTS = 1 << 20
+#: the largest query chunk when a filter involves the chunk rank
+FILTERED_CHUNK = 1024
 
 
 class EinRuntimeError(Exception):
@@ -354,12 +356,18 @@ class Runner:
             return None, 0
         per_unit = 1
         for s in self.stmts:
+            if best not in s["materialized"]:
+                continue  # its size does not grow with the chunk
             size = 1
-            for v in s["space"]:
+            for v in s["materialized"]:
                 if v != best and v not in s["loop_vars"]:
                     size *= max(1, self.var_ext[v])
             per_unit = max(per_unit, size)
         chunk = max(1, CHUNK_ELEMENTS // per_unit)
+        if any(s["filter"] is not None and best in _names(s["filter"]) for s in self.stmts):
+            # a filter on the chunk rank (a causal or window mask): smaller chunks let whole
+            # (tile, chunk) blocks fall outside the filter, and those are skipped
+            chunk = min(chunk, FILTERED_CHUNK)
         if chunk >= self.var_ext[best]:
             return None, 0
         return best, chunk
@@ -368,15 +376,23 @@ class Runner:
         if block[0] == "stmt":
             self._exec(self.stmts[block[1]], dom)
             return
-        _, var, ids, iters = block
+        _, var, ids, iters, skip = block
         n = self.var_ext[var]
+        verified = False  # the last fully masked iteration left the running state unchanged
         for i in range(n):
             d = dict(dom)
             d[var] = (i, i + 1)
+            masked = bool(skip) and all(self._box(self.stmts[sid]["filter"], d) is not None
+                                        and not self._box(self.stmts[sid]["filter"], d)[0]
+                                        for sid in skip)
+            if masked and verified:
+                continue  # same state, same (masked) update: the iteration is the identity
+            before = [self.state[t]["prev"] for t in iters] if masked else None
             for sid in ids:
                 self._exec(self.stmts[sid], d)
             for t in iters:
                 self.state[t]["prev"] = self.state[t].pop("next")
+            verified = masked and all(_same(a, self.state[t]["prev"]) for a, t in zip(before, iters))
         for t in iters:
             self.state[t]["final"] = self.state[t]["prev"]
         for sid in ids:
@@ -547,7 +563,18 @@ class Runner:
         return val, cur
 
     def _predicate(self, node, ctx):
-        """Filter as a boolean array over the space (or True/False when uniform)."""
+        """Filter as a boolean array over the space (or True/False when uniform).
+
+        An interval bound over the domain box decides most tiles without materializing
+        the mask: a tile entirely inside or outside the filter costs no mask arithmetic.
+        """
+        box = self._box(node, ctx[1])
+        if box is not None:
+            can_true, can_false = box
+            if not can_true:
+                return False
+            if not can_false:
+                return True
         r = self._pred(node, ctx)
         if isinstance(r, (bool, np.bool_)):
             return bool(r)
@@ -569,6 +596,46 @@ class Runner:
         b = self._scalar_or_coords(node[3], ctx)
         return {"<": np.less, "<=": np.less_equal, "==": np.equal, "!=": np.not_equal,
                 ">=": np.greater_equal, ">": np.greater}[node[1]](a, b)
+
+    def _box(self, node, dom):
+        """(can be true, can be false) of a predicate over the domain box, or None."""
+        op = node[0]
+        if op in ("and", "or"):
+            a, b = self._box(node[1], dom), self._box(node[2], dom)
+            if a is None or b is None:
+                return None
+            if op == "and":
+                return (a[0] and b[0], a[1] or b[1])
+            return (a[0] or b[0], a[1] and b[1])
+        if op == "not":
+            a = self._box(node[1], dom)
+            return None if a is None else (a[1], a[0])
+        try:
+            ca, ka = self._affine(node[2])
+            cb, kb = self._affine(node[3])
+        except (KeyError, TypeError, ValueError, EinRuntimeError):
+            return None
+        lo = hi = ka - kb  # bounds of (left - right) over the box
+        for v, c in list(ca.items()) + [(v, -c) for v, c in cb.items()]:
+            if not c:
+                continue
+            a, b = self._dom(v, dom)
+            if b <= a:
+                return (False, False)
+            lo += min(c * a, c * (b - 1))
+            hi += max(c * a, c * (b - 1))
+        cmp = node[1]
+        if cmp == "<":
+            return (lo < 0, hi >= 0)
+        if cmp == "<=":
+            return (lo <= 0, hi > 0)
+        if cmp == ">":
+            return (hi > 0, lo <= 0)
+        if cmp == ">=":
+            return (hi >= 0, lo < 0)
+        if cmp == "==":
+            return (lo <= 0 <= hi, not (lo == hi == 0))
+        return (not (lo == hi == 0), lo <= 0 <= hi)  # !=
 
     def _scalar_or_coords(self, node, ctx):
         v = self._eval(node, ctx, exact=True)
@@ -768,6 +835,20 @@ class _FullBuffer(Stored):
 
 
 # --------------------------------------------------------------------------- helpers
+def _same(a, b):
+    """Whether two running-state values are identical (values and presence)."""
+    sa, sb = a.stored, b.stored
+    if (sa.arr is None) != (sb.arr is None):
+        return False
+    if sa.arr is None:
+        return True
+    if (sa.mask is None) != (sb.mask is None):
+        return False
+    if sa.mask is not None and not np.array_equal(sa.mask, sb.mask):
+        return False
+    return np.array_equal(sa.arr, sb.arr, equal_nan=True)
+
+
 def _apply_mask(val, fmask):
     if val.arr is None:
         return val
