@@ -42,6 +42,7 @@ def emit_module(program: Program, plan: dict) -> str:
         f"INPUTS = {inputs!r}",
         f"PARAMS = {params!r}",
         f"OUTPUTS = {outputs!r}",
+        "inf = math.inf  # the plan's literals may hold infinities",
         f"PLAN = {plan_text}",
         "",
         "",
