@@ -144,6 +144,16 @@ def cmd_print(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from .analysis import analyze
+    prog = _load(args.spec)
+    _print_warnings(prog)
+    shapes = _parse_assignments(args.shape, "shape")
+    result = analyze(prog, rank=args.rank, shapes=shapes, capacity=args.capacity)
+    sys.stdout.write(result.to_json() + "\n" if args.json else result.report())
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import run_bench
     return run_bench(args)
@@ -185,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("spec")
     g.add_argument("--format", choices=("dot", "json"), default="dot")
     g.set_defaults(fn=cmd_graph)
+
+    a = sub.add_parser("analyze", help="pass counts, buffer bounds, DRAM traffic, op counts")
+    a.add_argument("spec")
+    a.add_argument("--rank", help="the rank to analyse (default: every reduced or iterated rank)")
+    a.add_argument("--shape", help="extents for numbers, e.g. M=65536,P=65536")
+    a.add_argument("--capacity", type=int, help="on-chip buffer bytes for the best schedule")
+    a.add_argument("--json", action="store_true", help="print stable JSON (schema 1) only")
+    a.set_defaults(fn=cmd_analyze)
 
     pr = sub.add_parser("print", help="print the checked spec back as canonical .ein")
     pr.add_argument("spec")

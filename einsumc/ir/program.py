@@ -73,6 +73,12 @@ class Program:
         from .graph import build_graph
         return build_graph(self)
 
+    def analyze(self, rank: str | None = None, shapes: dict[str, int] | None = None,
+                capacity: int | None = None):
+        """Pass counts, buffer bounds, traffic and op counts (`einsumc.analysis.Analysis`)."""
+        from ..analysis import analyze
+        return analyze(self, rank=rank, shapes=shapes, capacity=capacity)
+
     def to_source(self) -> str:
         """The program printed back as valid `.ein` text."""
         from .printer import print_program

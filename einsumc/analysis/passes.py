@@ -1,0 +1,175 @@
+"""Pass analysis: the least number of passes any implementation makes over a rank.
+
+FuseMax (§III-A) defines a pass over a fiber of a rank as a traversal of every element of
+that fiber; a cascade needs another pass whenever an element must be read again after
+every other element was read, "for all mappings of the cascade". That happens exactly
+when an Einsum reads a tensor's whole fiber *after* (transitively) a reduction that
+needed the whole fiber of that same tensor to complete. The rules (`fusemax.md` §3.4):
+
+1. *Coverage*: `cov(T)` is the set of the rank's variables that tensor `T` no longer
+   carries and whose whole extent it summarizes: reduced away by its producer, inherited
+   from what it reads, or read at a final iterate (`RNV[f, M1, p]`). A recurrence step
+   (`m1+1`) is not a reduction.
+2. *Completion point*: an Einsum whose output covers the whole rank while none of the
+   tensors it reads already did (Cascade 4's `GM` and `SD`; Cascade 5's final `AV`).
+3. *Pass of an Einsum*: at least the pass of everything it depends on; and for every
+   tensor `T` whose whole fiber it reads, one more than any earlier full read of `T`
+   that a completion point it depends on consumed: the read-after-full-reduction chain.
+4. The cascade's count is the largest pass of an Einsum that reads a whole fiber.
+
+The counts depend on the cascade alone (no mapping, no extents), so they bound every
+fusion and every schedule a backend may choose.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from ..diagnostics import EinsumcError, error
+from ..ir import nodes as N
+from ..ir.graph import build_graph, einsum_node
+from ..ir.program import Program
+from .ranks import RankVars, candidate_ranks, rank_vars
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Why an Einsum is in a later pass: `reader` re-reads `tensor`'s fiber after
+    `completion` consumed the earlier read by `first_reader`."""
+
+    tensor: str
+    first_reader: int
+    completion: int
+    reader: int
+
+
+@dataclass
+class RankPasses:
+    """The pass analysis of one rank."""
+
+    rank: str
+    vars: RankVars
+    passes: int
+    einsum_pass: dict[int, int]
+    full_reads: dict[int, tuple[str, ...]]
+    completions: tuple[int, ...]
+    chains: list[Chain] = field(default_factory=list)
+    tensor_passes: dict[str, int] = field(default_factory=dict)
+
+    def groups(self) -> list[list[int]]:
+        """Einsums grouped by pass: Einsums of one pass may fuse; of different passes, not."""
+        out: dict[int, list[int]] = {}
+        for i, p in sorted(self.einsum_pass.items()):
+            out.setdefault(p, []).append(i)
+        return [out[p] for p in sorted(out)]
+
+
+def _reads(e: N.Einsum):
+    for x in (e.rhs, e.filter):
+        if x is not None:
+            for a in N.walk(x):
+                if isinstance(a, N.Access):
+                    yield a
+
+
+def analyze_rank(prog: Program, rank: str, graph=None) -> RankPasses:
+    rv = rank_vars(prog, rank)
+    g = graph if graph is not None else build_graph(prog)
+    dag = g.dependency_graph()
+    einsums = prog.einsums
+
+    def axes_vars(name: str) -> set[str]:
+        info = prog.tensors[name]
+        return {v for k, v in enumerate(info.axes) if k != info.iter_axis}
+
+    cov: dict[str, set[str]] = {d.name: set() for d in prog.inputs}
+    complete_t: dict[str, bool] = {d.name: False for d in prog.inputs}
+    full_reads: dict[int, tuple[str, ...]] = {}
+    completions: list[int] = []
+    for i, e in enumerate(einsums):
+        reads = list(_reads(e))
+        c: set[str] = set()
+        for a in reads:
+            c |= cov.get(a.tensor, set())
+            info = prog.tensors[a.tensor]
+            if info.iter_axis is not None and isinstance(a.indices[info.iter_axis], N.Extent):
+                c.add(info.axes[info.iter_axis])  # the final iterate summarizes its rank
+        for r in e.reduced:
+            c |= set(r.vars) & rv.vars
+        out_axes = axes_vars(e.tensor) if e.kind != "init" else set()
+        c = (c & rv.vars) - out_axes
+        prev = cov.get(e.tensor, set()) if e.kind == "recur" else set()
+        cov[e.tensor] = c | prev
+        already = any(complete_t.get(a.tensor, False) for a in reads)
+        done = rv.covers(cov[e.tensor])
+        if done and not already:
+            completions.append(i)
+        complete_t[e.tensor] = done
+        space = set(e.space) | set(e.lhs_vars)
+        fr = []
+        for a in reads:
+            info = prog.tensors[a.tensor]
+            axis_vars = set()
+            for k, ix in enumerate(a.indices):
+                if k == info.iter_axis:
+                    continue
+                axis_vars |= N.value_vars(ix) & rv.vars
+            if axis_vars and rv.covers(axis_vars & space) and a.tensor not in fr:
+                fr.append(a.tensor)
+        full_reads[i] = tuple(fr)
+
+    anc = {i: {dag.nodes[n]["index"] for n in nx.ancestors(dag, einsum_node(i))
+               if n.startswith("einsum:")} for i in range(len(einsums))}
+    comp_set = set(completions)
+    passes: dict[int, int] = {}
+    chains: list[Chain] = []
+    order = g.topo_einsums()
+    for i in order:
+        p = 1
+        for j in anc[i]:
+            p = max(p, passes.get(j, 1))
+        best = None
+        for t in full_reads[i]:
+            for c in sorted(anc[i] & comp_set):
+                for j in sorted((anc[c] | {c})):
+                    if t in full_reads.get(j, ()) and passes[j] + 1 > p:
+                        p = passes[j] + 1
+                        best = Chain(t, j, c, i)
+        passes[i] = p
+        if best is not None:
+            chains.append(best)
+    readers = [i for i in range(len(einsums)) if full_reads[i]]
+    total = max((passes[i] for i in readers), default=0)
+    tensor_passes: dict[str, int] = {}
+    for i in readers:
+        for t in full_reads[i]:
+            tensor_passes.setdefault(t, set()).add(passes[i])
+    tensor_passes = {t: len(s) for t, s in sorted(tensor_passes.items())}
+    return RankPasses(rank, rv, total, passes, full_reads, tuple(completions),
+                      sorted(chains, key=lambda c: c.reader), tensor_passes)
+
+
+def analyze_passes(prog: Program, rank: str | None = None) -> dict[str, RankPasses]:
+    """Pass analysis for `rank`, or for every rank that is reduced, iterated or partitioned."""
+    g = build_graph(prog)
+    if rank is not None:
+        names = {r.name for r in prog.ranks}
+        if rank not in names:
+            raise EinsumcError([error(f"--rank {rank}: no such rank; ranks: "
+                                      + ", ".join(sorted(names)))], prog.source)
+        if rank not in candidate_ranks(prog) and not _touched(prog, rank):
+            raise EinsumcError([error(f"--rank {rank}: no Einsum reduces, iterates or partitions "
+                                      f"rank {rank}, so there is nothing to count", 
+                                      prog.rank(rank).span)], prog.source)
+        return {rank: analyze_rank(prog, rank, g)}
+    return {r: analyze_rank(prog, r, g) for r in candidate_ranks(prog)}
+
+
+def _touched(prog: Program, rank: str) -> bool:
+    rv = rank_vars(prog, rank)
+    for e in prog.einsums:
+        if any(set(r.vars) & rv.vars for r in e.reduced) or (
+                e.kind == "recur" and e.iter_var in rv.vars):
+            return True
+    return bool(rv.children)
