@@ -47,9 +47,9 @@ def _load(spec: str):
     return load(Path(spec))
 
 
-def _print_warnings(prog, stream=sys.stderr) -> None:
+def _print_warnings(prog) -> None:
     for w in prog.warnings:
-        print(w.render(prog.source), file=stream)
+        print(w.render(prog.source), file=sys.stderr)
 
 
 def cmd_check(args) -> int:
@@ -149,6 +149,7 @@ def cmd_analyze(args) -> int:
     prog = _load(args.spec)
     _print_warnings(prog)
     shapes = _parse_assignments(args.shape, "shape")
+    shapes.update(_parse_assignments(args.param, "param", float))
     result = analyze(prog, rank=args.rank, shapes=shapes, capacity=args.capacity)
     sys.stdout.write(result.to_json() + "\n" if args.json else result.report())
     return 0
@@ -200,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("spec")
     a.add_argument("--rank", help="the rank to analyse (default: every reduced or iterated rank)")
     a.add_argument("--shape", help="extents for numbers, e.g. M=65536,P=65536")
+    a.add_argument("--param", help="values of run-time params, e.g. W=256")
     a.add_argument("--capacity", type=int, help="on-chip buffer bytes for the best schedule")
     a.add_argument("--json", action="store_true", help="print stable JSON (schema 1) only")
     a.set_defaults(fn=cmd_analyze)

@@ -40,10 +40,19 @@ class Analysis:
 
     # ---------------------------------------------------------------- numbers
     def _subs(self) -> dict:
+        from ..ir.symbolic import evaluate
         subs = {}
         for k, v in self.shapes.items():
             subs[sympy.Symbol(k, integer=True, positive=True)] = v
             subs[sympy.Symbol(k, real=True)] = v
+        params: dict[str, float] = {}
+        for prm in self.program.params:  # constant params, evaluated with the extents
+            if prm.value is not None:
+                try:
+                    params[prm.name] = evaluate(prm.value, self.shapes, params)
+                except (KeyError, ZeroDivisionError, ValueError):
+                    continue
+                subs[sympy.Symbol(prm.name, real=True)] = params[prm.name]
         return subs
 
     def value(self, expr) -> int | float | None:

@@ -32,6 +32,9 @@ class _Checker:
         self.tensors: dict[str, dict] = {}  # name -> {axes, kind, dtype, iter_axis, ...}
         self.defined_at: dict[str, Span | None] = {}
         self.filtered: set[str] = set()  # tensors defined by an Einsum with a `where`
+        # tensors whose defining statement was rejected (its error is reported); later reads
+        # of them are not reported again as "used before its definition" and the like
+        self.failed: set[str] = set()
 
     def err(self, msg: str, span: Span | None, *notes: Diagnostic) -> None:
         self.errors.append(error(msg, span, *notes))
@@ -152,11 +155,19 @@ class _Checker:
                     continue
                 try:
                     v = self.sym_extent(n)
-                except (NotConstant, TypeError, ValueError, ZeroDivisionError):
+                except ZeroDivisionError:
+                    self.err(f"extent of '{n}' divides by zero", r.span)
                     continue
-                if v.is_number:
+                except (NotConstant, TypeError, ValueError):
+                    continue
+                if v.has(sympy.zoo, sympy.nan):
+                    self.err(f"extent of '{n}' divides by zero", r.span)
+                elif v.has(sympy.oo):
+                    self.err(f"extent of '{n}' is infinite", r.span)
+                elif v.is_number:
                     if not v.is_integer:
-                        self.err(f"extent of '{n}' is {v}, not an integer", r.span)
+                        shown = float(v) if v.is_Float else v
+                        self.err(f"extent of '{n}' is {shown}, not an integer", r.span)
                     elif v < 0:
                         self.err(f"extent of '{n}' is negative ({v})", r.span)
 
@@ -233,6 +244,8 @@ class _Checker:
                 e = self.check_einsum(s, len(out))
                 if e is not None:
                     out.append(e)
+                else:
+                    self.failed.add(s.tensor)
         return out
 
     def check_einsum(self, e: N.Einsum, pos: int) -> N.Einsum | None:
@@ -286,6 +299,8 @@ class _Checker:
                     return None
             else:
                 if info is None or not info.get("init"):
+                    if name in self.failed:  # its initialization was rejected (reported)
+                        return None
                     self.err(f"recurrence for '{name}' has no initialization: write "
                              f"`{name}[{_idx_text(e.indices, v, '=0')}] = ...` above it", e.span)
                     return None
@@ -322,7 +337,9 @@ class _Checker:
         annotated: list[str] = []
         for red in e.annotations:
             for v in red.vars:
-                if v in lhs_vars:
+                if v not in self.var_rank:
+                    self.err(self.unknown_var_message(v), red.span)
+                elif v in lhs_vars:
                     self.err(f"'{v}' is on the left-hand side, so it is not reduced", red.span)
                 elif v not in reduced_vars:
                     self.err(f"'{v}' does not appear on the right-hand side, so there is nothing "
@@ -426,6 +443,8 @@ class _Checker:
             self.err(f"'{name}' is not a tensor", a.span)
             return a
         if info is None or (info["kind"] != "input" and not info["defined_by"]):
+            if name in self.failed:  # its definition was rejected: already reported
+                return a
             if name == ctx["lhs"]:
                 self.err(f"'{name}' is used in its own definition (a cycle); an iterative tensor "
                          "reads its previous iterate as T[v] after an initialization T[v=0]", a.span)
@@ -510,12 +529,12 @@ class _Checker:
             if in_own_recur:
                 self.err(f"the recurrence of '{a.tensor}' reads its own new iterate "
                          f"{a.tensor}[{v}+1] (a cycle)", a.span)
-            elif not recur_done:
+            elif not recur_done and a.tensor not in self.failed:
                 self.err(f"{a.tensor}[{v}+1] is read above the statement that defines it", a.span,
                          note("defined here", self.later_recurrence(a.tensor)))
             return
         if isinstance(ix, N.Extent) and ix.name == rank:
-            if not recur_done:
+            if not recur_done and a.tensor not in self.failed:
                 self.err(f"the final iterate {a.tensor}[{rank}] is read before the recurrence that "
                          "defines it", a.span, note("defined here", self.later_recurrence(a.tensor)))
             return
@@ -573,15 +592,18 @@ class _Checker:
                 axis_var = info["axes"][k]
                 if ix.name == axis_var or k == info["iter_axis"]:
                     continue
+                if axis_var not in self.var_rank or ix.name not in self.var_rank:
+                    continue  # a bad declaration, reported there
                 r1, r2 = self.var_rank[ix.name], self.var_rank[axis_var]
                 try:
                     different = provably_different(self.sym_extent(r1), self.sym_extent(r2))
                 except (NotConstant, TypeError, ValueError):
                     continue
                 if different:
-                    self.err(f"rank {r1} used with two extents: '{ix.name}' ranges over {r1} = "
-                             f"{self.sym_extent(r1)}, but axis {k} of '{a.tensor}' has extent {r2} = "
-                             f"{self.sym_extent(r2)}", ix.span)
+                    self.err(f"rank {r1} used with two extents: '{ix.name}' ranges over "
+                             f"{_extent_text(r1, self.sym_extent(r1))}, but axis {k} of "
+                             f"'{a.tensor}' has extent {_extent_text(r2, self.sym_extent(r2))}",
+                             ix.span)
 
     # ------------------------------------------------------------------ warnings
     def lint(self, e: N.Einsum) -> None:
@@ -633,10 +655,11 @@ class _Checker:
     def finish(self, einsums: list[N.Einsum]) -> Program:
         for name, d in self.decls.items():
             info = self.tensors.get(name)
-            if d.kind == "output" and (info is None or not info["defined_by"]):
+            if d.kind == "output" and (info is None or not info["defined_by"]) \
+                    and name not in self.failed:
                 self.err(f"output '{name}' is never defined", d.span)
         for name, info in self.tensors.items():
-            if info.get("init") and not info.get("recur"):
+            if info.get("init") and not info.get("recur") and name not in self.failed:
                 self.err(f"'{name}' is initialized as an iterative tensor but has no recurrence "
                          f"`{name}[... {info['axes'][info['iter_axis']]}+1 ...] = ...`", info["init"])
         used = {a.tensor for e in einsums for x in (e.rhs, e.filter) if x is not None
@@ -675,6 +698,11 @@ class _Checker:
             return s
         return N.Stop(N.BinOp(">=", N.Var(c.left.name, c.left.span), N.Extent(c.right.name, c.right.span),
                               c.span), s.span)
+
+
+def _extent_text(rank: str, value) -> str:
+    """`M` for a free extent, `F = 128` for a declared one."""
+    return rank if str(value) == rank else f"{rank} = {value}"
 
 
 def _offset(d) -> int:

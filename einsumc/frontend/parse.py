@@ -39,6 +39,8 @@ def _parser() -> Lark:
 def preprocess(text: str) -> str:
     """Blank comments and join continuation lines, keeping every character's offset."""
     chars = list(text)
+    if text.startswith("\ufeff"):  # a byte-order mark (editors on Windows write one)
+        chars[0] = " "
     for m in re.finditer(r"#[^\r\n]*", text):
         chars[m.start():m.end()] = " " * (m.end() - m.start())
     blanked = "".join(chars)
@@ -64,9 +66,10 @@ def parse(text: str, name: str = "<spec>") -> N.Module:
     if len(text) > MAX_SOURCE_BYTES:
         raise EinsumcError([error(f"spec is too large ({len(text)} characters)", source.span(0))],
                            source)
-    _check_nesting(text, source)
+    joined = preprocess(text)
+    _check_nesting(joined, source)  # comments blanked, continuation lines joined
     try:
-        tree = _parser().parse(preprocess(text))
+        tree = _parser().parse(joined)
     except lark.exceptions.UnexpectedInput as exc:
         raise EinsumcError([_syntax_diagnostic(exc, source)], source) from None
     except RecursionError:
@@ -77,12 +80,30 @@ def parse(text: str, name: str = "<spec>") -> N.Module:
         if isinstance(exc.orig_exc, EinsumcError):
             raise exc.orig_exc from None
         if isinstance(exc.orig_exc, RecursionError):
-            raise EinsumcError([error("expression nested too deeply", source.span(0))],
-                               source) from None
+            raise EinsumcError([_too_deep(tree, source)], source) from None
         raise
     except RecursionError:
-        raise EinsumcError([error("expression nested too deeply", source.span(0))], source) from None
+        raise EinsumcError([_too_deep(tree, source)], source) from None
     return N.Module(tuple(stmts.children if isinstance(stmts, lark.Tree) else stmts), name)
+
+
+def _too_deep(tree: lark.Tree, source: Source) -> Diagnostic:
+    """Where an expression too deep to process is: the statement with the deepest tree."""
+    best_depth, best_pos = 0, 0
+    for stmt in tree.children:
+        if not isinstance(stmt, lark.Tree):
+            continue
+        stack, deepest = [(stmt, 1)], 0
+        while stack:  # iterative: the tree is too deep for recursion
+            node, d = stack.pop()
+            deepest = max(deepest, d)
+            stack.extend((c, d + 1) for c in node.children if isinstance(c, lark.Tree))
+        if deepest > best_depth:
+            pos = getattr(stmt.meta, "start_pos", 0) if not stmt.meta.empty else 0
+            best_depth, best_pos = deepest, pos
+    return error(f"expression nested too deeply ({best_depth} levels: a chain of that many "
+                 "operators or nested calls); split it into several Einsums",
+                 source.span(best_pos))
 
 
 def _check_nesting(text: str, source: Source) -> None:
@@ -113,14 +134,57 @@ def _syntax_diagnostic(exc: lark.exceptions.UnexpectedInput, source: Source) -> 
             what = repr(str(tok))
         expected = sorted({_TOKEN_NAMES.get(t, t.lower() if t.isupper() and not t.startswith("_")
                                              else repr(t)) for t in exc.expected})
+        bad_number = _malformed_number(source.text, pos, tok.type)
+        if bad_number:
+            word, start = bad_number
+            return error(f"syntax error: malformed number '{word}'",
+                         source.span(start, start + len(word)))
         msg = f"syntax error: unexpected {what}"
         if expected and len(expected) <= 8:
             msg += "; expected " + ", ".join(expected)
+        msg += _layout_hint(source.text, pos, tok.type)
         return error(msg, source.span(pos, pos + max(1, len(str(tok)) if tok.type != "_NL" else 1)))
     if isinstance(exc, lark.exceptions.UnexpectedCharacters):
         ch = source.text[pos] if pos < len(source.text) else ""
         return error(f"syntax error: unexpected character {ch!r}", source.span(pos))
     return error("syntax error", source.span(pos))
+
+
+def _malformed_number(text: str, pos: int, tok_type: str) -> tuple[str, int] | None:
+    """The whole word when a token glued to a number makes it malformed (`1.2.5`, `1e+`, `2x`)."""
+    if tok_type not in ("NUMBER", "NAME") or pos == 0 or not (text[pos - 1].isdigit()
+                                                                or text[pos - 1] == "."):
+        return None
+
+    def part(c: str) -> bool:
+        return c.isalnum() or c in "._"
+
+    start = pos
+    while start > 0 and (part(text[start - 1]) or (
+            text[start - 1] in "+-" and start > 1 and text[start - 2] in "eE")):
+        start -= 1
+    end = pos
+    while end < len(text) and (part(text[end]) or (
+            text[end] in "+-" and text[end - 1] in "eE")):
+        end += 1
+    word = text[start:end]
+    if word[:1].isdigit() or (word[:1] == "." and word[1:2].isdigit()):
+        return word, start
+    return None
+
+
+def _layout_hint(text: str, pos: int, tok_type: str) -> str:
+    """Explain the line-continuation rule where a syntax error is likely caused by layout."""
+    line_start = text.rfind("\n", 0, pos) + 1
+    indent = text[line_start:pos]
+    if tok_type not in ("_NL", "$END") and line_start > 0 and indent and not indent.strip():
+        return (" (this line begins with whitespace, so it continues the statement above; "
+                "remove the indentation to start a new statement)")
+    if tok_type == "_NL":
+        before = text[line_start:pos].split("#", 1)[0].rstrip()
+        if before and before[-1] in "+-*/,([=<>":
+            return " (to continue a statement on the next line, indent that line)"
+    return ""
 
 
 def _span(source: Source, meta_or_token) -> Span:
