@@ -95,7 +95,8 @@ def _union(a, b, fill, fn):
 
 def _sub(a, b):
     d = a - b
-    if d.dtype.kind == "f":
+    small = a if np.size(a) <= np.size(b) else b
+    if d.dtype.kind == "f" and np.isneginf(small).any():  # only then can -inf - -inf occur
         bad = np.isnan(d)
         if bad.any():
             both = bad & np.isneginf(a) & np.isneginf(b)
@@ -170,6 +171,13 @@ def _contract(ops, out_vars):
         _, i, j = best
         keep = needed(i, j)
         (a, va), (b, vb) = ops[i], ops[j]
+        # put first the operand whose free variables come first in the output, so that
+        # the matmul writes the result in the output's order (contiguous, no transpose)
+        pos = {v: k for k, v in enumerate(out_vars)}
+        fa = [pos.get(v, len(pos)) for v in va if v not in vb]
+        fb = [pos.get(v, len(pos)) for v in vb if v not in va]
+        if fa and fb and min(fb) < min(fa):
+            (a, va), (b, vb) = (b, vb), (a, va)
         res = _pair(a, va, b, vb, keep)
         ops = [o for k, o in enumerate(ops) if k not in (i, j)] + [res]
     a, vs = ops[0]
@@ -525,9 +533,20 @@ class Runner:
                 v = self._eval(node, ctx)
                 if v.arr is None:
                     return ABSENT, out_vars
+                if v.arr.size == 1 and v.mask is None:  # a constant factor (`sqrt(E)`)
+                    c = float(v.arr.reshape(()))
+                    const = (0.0 if c == 0 else const / c) if recip else const * c
+                    continue
                 if recip:
                     v = Val(_div(np.ones((), self.dtype), v.arr), v.mask)
                 vals.append(v)
+            if len(vals) < 2:
+                val = Val(vals[0].arr * self.dtype(const), vals[0].mask) if vals else Val(
+                    np.full((1,) * len(space), const, self.dtype))
+                if fmask is not None:
+                    val = _apply_mask(val, fmask)
+                val, cur = _reduce(val, list(space), sum_vars, "sum", list(sizes))
+                return val, cur
             filt_vars = set() if fmask is None else {space[k] for k in range(len(space))
                                                        if fmask.shape[k] != 1}
             filt_inside = fmask is not None and bool(filt_vars & set(sum_vars))
