@@ -11,9 +11,10 @@ import importlib
 #: target name -> (module, class); imported only when the target is asked for
 _TARGETS = {
     "numpy": ("einsumc.backends.numpy.target", "NumpyTarget"),
+    "spatial": ("einsumc.backends.spatial.target", "SpatialTarget"),
 }
 #: targets that are planned but not built yet, with the issue that builds them
-PLANNED = {"triton": "the Triton backend (issue #5)", "spatial": "the spatial-array backend (issue #6)"}
+PLANNED = {"triton": "the Triton backend (issue #5)"}
 
 
 def available_targets() -> list[str]:
