@@ -26,7 +26,10 @@ bounding every intermediate (even the 3-pass cascade's `QK[m, p]`) by the chunk.
 """
 from __future__ import annotations
 
+import copy
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -108,6 +111,8 @@ def _sub(a, b):
 def _div(a, b):
     shape = np.broadcast_shapes(np.shape(a), np.shape(b))
     dtype = np.result_type(a, b)
+    if dtype.kind != "f":  # integer coordinates divided in a filter
+        dtype = np.dtype(np.float64)
     out = np.zeros(shape, dtype=dtype)
     np.divide(a, b, out=out, where=(b != 0))  # rule 4: x / 0 = 0
     return out
@@ -237,7 +242,11 @@ class Runner:
         for name, axes, dtype, span in plan["inputs"]:
             if name not in inputs:
                 raise EinRuntimeError(f"missing input '{name}'", span)
-            arr = _to_numpy(inputs[name], self.dtype)
+            try:
+                arr = _to_numpy(inputs[name], self.dtype)
+            except (TypeError, ValueError) as exc:
+                raise EinRuntimeError(f"input '{name}' is not a numeric array: {exc}",
+                                      span) from None
             if arr.ndim != len(axes):
                 raise EinRuntimeError(
                     f"input '{name}' has {len(axes)} axes [{', '.join(axes)}] but the array "
@@ -257,16 +266,22 @@ class Runner:
             if name not in params:
                 raise EinRuntimeError(f"missing param '{name}' (pass it as a keyword argument)",
                                       plan["param_spans"].get(name))
-            self.params[name] = float(params[name])
+            try:
+                self.params[name] = float(params[name])
+            except (TypeError, ValueError):
+                raise EinRuntimeError(f"param '{name}' must be a number, got {params[name]!r}",
+                                      plan["param_spans"].get(name)) from None
         self.extents = self._bind_extents(ext)
         for name, expr, span in plan["const_params"]:
             try:
                 self.params[name] = _const(expr, self.extents, self.params)
             except ZeroDivisionError:
                 raise EinRuntimeError(f"param '{name}' divides by zero", span) from None
+            except (ValueError, OverflowError) as exc:
+                raise EinRuntimeError(f"param '{name}' has no value: {exc}", span) from None
         for name in plan["integer_params"]:
             v = self.params[name]
-            if v != int(v):
+            if not math.isfinite(v) or v != int(v):
                 raise EinRuntimeError(f"param '{name}' = {v} is used in a filter or an index, "
                                       "so it must hold an integer value",
                                       plan["param_spans"].get(name))
@@ -312,12 +327,18 @@ class Runner:
         return ext
 
     # ---------------------------------------------------------------- running
-    def run(self):
+    def run(self, threads=None):
+        """Run the cascade; query chunks are independent, so they run on `threads` threads
+        (default: one per core; NumPy releases the GIL inside its kernels)."""
         plan = self.plan
         self.var_ext = {r.lower(): n for r, n in self.extents.items()}
         self.exprs = {}
         outs = {}
-        chunk_var, chunk = self._choose_chunk()
+        for name, axes, dtype in plan["outputs"]:
+            shape = tuple(self.var_ext[v] for v in axes)
+            outs[name] = np.zeros(shape, dtype=_np_dtype(dtype, self.dtype))
+        threads = threads or os.cpu_count() or 1
+        chunk_var, chunk = self._choose_chunk(threads)
         starts = [0] if chunk_var is None else range(0, max(1, self.var_ext[chunk_var]), chunk)
         self.tensors = dict(self.inputs)
         self.state = {}
@@ -325,16 +346,26 @@ class Runner:
         for block in pre:
             self._run_block(block, {})
         hoisted = dict(self.tensors)
-        for start in starts:
-            self.tensors = dict(hoisted)
-            self.state = {}
+
+        def one_chunk(start):
+            r = copy.copy(self)  # its own tensors and running state; shared plan and caches
+            r.tensors = dict(hoisted)
+            r.state = {}
             dom = {}
             if chunk_var is not None:
                 dom[chunk_var] = (start, min(start + chunk, self.var_ext[chunk_var]))
             for block in blocks:
-                self._run_block(block, dom)
+                r._run_block(block, dom)
             for name, axes, dtype in plan["outputs"]:
-                self._collect_output(outs, name, axes, dtype, dom)
+                r._collect_output(outs, name, axes, dtype, dom)
+
+        if threads > 1 and len(starts) > 1:
+            with ThreadPoolExecutor(max_workers=min(threads, len(starts))) as pool:
+                for f in [pool.submit(one_chunk, s) for s in starts]:
+                    f.result()
+        else:
+            for start in starts:
+                one_chunk(start)
         return {name: outs[name] for name, _, _ in plan["outputs"]}
 
     def _hoist(self, chunk_var):
@@ -354,7 +385,7 @@ class Runner:
             rest.append(b)
         return pre, rest
 
-    def _choose_chunk(self):
+    def _choose_chunk(self, threads=1):
         best = None
         for v in self.plan["chunk_candidates"]:
             n = self.var_ext[v]
@@ -376,7 +407,10 @@ class Runner:
             # a filter on the chunk rank (a causal or window mask): smaller chunks let whole
             # (tile, chunk) blocks fall outside the filter, and those are skipped
             chunk = min(chunk, FILTERED_CHUNK)
-        if chunk >= self.var_ext[best]:
+        n = self.var_ext[best]
+        if threads > 1 and n >= 2 * threads:  # at least one chunk per thread
+            chunk = min(chunk, -(-n // threads))
+        if chunk >= n:
             return None, 0
         return best, chunk
 
@@ -410,9 +444,6 @@ class Runner:
 
     def _collect_output(self, outs, name, axes, dtype, dom):
         st = self._read_plain(name)
-        shape = tuple(self.var_ext[v] for v in axes)
-        if name not in outs:
-            outs[name] = np.zeros(shape, dtype=_np_dtype(dtype, self.dtype))
         if isinstance(st, _Absentable):
             st = st.stored
         if st is None or st.arr is None:
@@ -430,6 +461,15 @@ class Runner:
 
     # ---------------------------------------------------------------- one statement
     def _exec(self, s, dom):
+        try:
+            self._exec_unchecked(s, dom)
+        except (OverflowError, ZeroDivisionError, ValueError, MemoryError) as exc:
+            # numbers the cascade cannot represent (index arithmetic past int64, a math
+            # domain error in a constant): a located error, not a traceback
+            raise EinRuntimeError(f"cannot evaluate this statement: {type(exc).__name__}: {exc}",
+                                  s["span"]) from None
+
+    def _exec_unchecked(self, s, dom):
         space = s["space"]
         sizes = [self._dom(v, dom)[1] - self._dom(v, dom)[0] for v in space]
         ctx = (space, dom, sizes)
@@ -1076,8 +1116,8 @@ def _expr_text(expr):
     return "?"
 
 
-def run_plan(plan, inputs, params=None):
+def run_plan(plan, inputs, params=None, threads=None):
     """Run a plan: inputs by name (arrays or torch tensors), run-time params by name."""
     r = Runner(plan)
     r.bind(inputs, params or {})
-    return r.run()
+    return r.run(threads)

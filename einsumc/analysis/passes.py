@@ -11,7 +11,9 @@ needed the whole fiber of that same tensor to complete. The rules (`fusemax.md` 
    from what it reads, or read at a final iterate (`RNV[f, M1, p]`). A recurrence step
    (`m1+1`) is not a reduction.
 2. *Completion point*: an Einsum whose output covers the whole rank while none of the
-   tensors it reads already did (Cascade 4's `GM` and `SD`; Cascade 5's final `AV`).
+   tensors it reads already did (Cascade 4's `GM` and `SD`; Cascade 5's final `AV`). The
+   final iterate of a recurrence over the rank (`RM[M1, p]`) is complete too: an Einsum
+   that reads it depends on the whole loop, as on a completion point at the recurrence.
 3. *Pass of an Einsum*: at least the pass of everything it depends on; and for every
    tensor `T` whose whole fiber it reads, one more than any earlier full read of `T`
    that a completion point it depends on consumed: the read-after-full-reduction chain.
@@ -122,6 +124,22 @@ def analyze_rank(prog: Program, rank: str, graph=None) -> RankPasses:
     anc = {i: {dag.nodes[n]["index"] for n in nx.ancestors(dag, einsum_node(i))
                if n.startswith("einsum:")} for i in range(len(einsums))}
     comp_set = set(completions)
+    # A final iterate that covers the rank (`RM[M1, p]` after a loop over every tile) is
+    # complete only once its recurrence has run over the whole rank: reading it depends on
+    # that "virtual" completion, located at the recurrence. Reads of other iterates
+    # (`RM[m1+1, p]` inside the loop) do not.
+    recur_of = {e.tensor: i for i, e in enumerate(einsums) if e.kind == "recur"}
+    final_reads: dict[int, set[int]] = {}
+    for i in g.topo_einsums():
+        got: set[int] = set()
+        for a in _reads(einsums[i]):
+            info = prog.tensors[a.tensor]
+            if info.iter_axis is not None and isinstance(a.indices[info.iter_axis], N.Extent) \
+                    and rv.covers(cov.get(a.tensor, set()) | {info.iter_var}):
+                got.add(recur_of[a.tensor])
+        for j in anc[i]:
+            got |= final_reads.get(j, set())
+        final_reads[i] = got
     passes: dict[int, int] = {}
     chains: list[Chain] = []
     order = g.topo_einsums()
@@ -131,7 +149,7 @@ def analyze_rank(prog: Program, rank: str, graph=None) -> RankPasses:
             p = max(p, passes.get(j, 1))
         best = None
         for t in full_reads[i]:
-            for c in sorted(anc[i] & comp_set):
+            for c in sorted((anc[i] & comp_set) | final_reads[i]):
                 for j in sorted((anc[c] | {c})):
                     if t in full_reads.get(j, ()) and passes[j] + 1 > p:
                         p = passes[j] + 1
