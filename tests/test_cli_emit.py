@@ -86,9 +86,10 @@ def test_standalone_module_matches_and_is_deterministic(path, tmp_path):
     prog = einsumc.load(path)
     text = prog.emit("numpy")
     assert text == einsumc.load(path).emit("numpy")  # byte-identical
-    imports = [ln for ln in text.splitlines() if ln.startswith(("import ", "from "))]
-    assert sorted(imports) == ["from __future__ import annotations", "import math",
-                               "import numpy as np"]
+    imports = [ln.split()[1] for ln in text.splitlines() if ln.startswith(("import ", "from "))]
+    # numpy and the standard library only: no einsumc, no torch
+    assert "numpy" in imports
+    assert set(imports) <= {"__future__", "math", "numpy", "os", "copy", "concurrent.futures"}
     f = tmp_path / "mod.py"
     f.write_text(text)
     mod = _import(f)

@@ -270,9 +270,8 @@ def test_runtime_integer_param_in_filter_ok():
     assert np.isfinite(out["AV"]).all()
 
 
-# Found while writing this file: bad values for run-time arguments escape as plain Python
-# exceptions from backends/numpy/runtime.py (Runner.bind: `float(params[name])`,
-# `v != int(v)`, `np.asarray(x).astype(...)`) instead of EinsumcError. Reported to the lead.
+# Regressions: bad values for run-time arguments used to escape the NumPy runtime as plain
+# ValueError / TypeError / OverflowError (found while writing this file, fixed in the runtime).
 BAD_VALUES = [
     pytest.param(dict(W="abc"), id="param-str"),
     pytest.param(dict(W=None), id="param-none"),

@@ -279,19 +279,10 @@ SPECIAL = {
 }
 
 
-# Found by this file: the NumPy runtime (backends/numpy/runtime.py, the lead's area) lets plain
-# Python exceptions escape for these; reported. They should become EinsumcErrors.
-RUNTIME_BUGS = {
-    "index_huge_coeff": "OverflowError in Runner._access (int64 index arithmetic)",
-    "param_inf_in_filter": "OverflowError in Runner.bind (`v != int(v)` on inf)",
-    "param_log_zero": "ValueError (math domain error) in runtime._const",
-    "param_sqrt_neg": "ValueError (math domain error) in runtime._const",
-    "filter_division": "UFuncTypeError in runtime._div on the int64 coordinates of a filter",
-}
-
-
-@pytest.mark.parametrize("name", [
-    n for n in sorted(SPECIAL)])
+# Regressions: index_huge_coeff, param_inf_in_filter, param_log_zero, param_sqrt_neg and
+# filter_division used to escape the NumPy runtime as OverflowError / ValueError /
+# UFuncTypeError instead of EinsumcError (found by this file, fixed in the runtime).
+@pytest.mark.parametrize("name", sorted(SPECIAL))
 def test_special_inputs(name: str):
     _check_all([SPECIAL[name]], name)
 
