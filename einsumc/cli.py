@@ -89,7 +89,7 @@ def cmd_run(args) -> int:
     prog = _load(args.spec)
     _print_warnings(prog)
     inputs, params = _load_inputs(prog, args)
-    fn = prog.compile(target=args.target)
+    fn = prog.compile(target=args.target, opt=args.opt, transform=args.transform)
     t0 = time.perf_counter()
     outs = fn(**inputs, **params)
     dt = time.perf_counter() - t0
@@ -99,7 +99,7 @@ def cmd_run(args) -> int:
               f"max|x| {np.abs(a64).max() if a64.size else 0:.6e} sha256 {_checksum(arr)}")
     print(f"time ({args.target}): {dt * 1e3:.2f} ms")
     if args.compare:
-        other = prog.compile(target=args.compare)
+        other = prog.compile(target=args.compare)  # as written: no transforms
         t0 = time.perf_counter()
         outs2 = other(**inputs, **params)
         dt2 = time.perf_counter() - t0
@@ -109,7 +109,8 @@ def cmd_run(args) -> int:
             b = np.asarray(outs2[name], dtype=np.float64)
             abs_err = float(np.abs(a - b).max()) if a.size else 0.0
             rel_err = abs_err / max(float(np.abs(a).max()) if a.size else 0.0, 1e-30)
-            print(f"{name}: {args.target} vs {args.compare}: max abs err {abs_err:.3e}, "
+            label = args.target + (" (transformed)" if args.opt or args.transform else "")
+            print(f"{name}: {label} vs {args.compare}: max abs err {abs_err:.3e}, "
                   f"max rel err {rel_err:.3e}")
     if args.save:
         np.savez(args.save, **{k: np.asarray(v, dtype=np.float32) if v.dtype.kind == "V"
@@ -121,7 +122,7 @@ def cmd_run(args) -> int:
 def cmd_compile(args) -> int:
     prog = _load(args.spec)
     _print_warnings(prog)
-    text = prog.emit(target=args.target)
+    text = prog.emit(target=args.target, opt=args.opt, transform=args.transform)
     if args.output:
         Path(args.output).write_text(text)
         print(f"wrote {args.output}", file=sys.stderr)
@@ -141,6 +142,33 @@ def cmd_graph(args) -> int:
 def cmd_print(args) -> int:
     prog = _load(args.spec)
     sys.stdout.write(prog.to_source())
+    return 0
+
+
+def cmd_transform(args) -> int:
+    from .transforms import apply, optimize
+    prog = _load(args.spec)
+    _print_warnings(prog)
+    if not args.opt and not args.transform:
+        raise EinsumcError([_plain_error("transform: give --opt or --transform NAME[,NAME...]")])
+    notes = []
+    if args.transform:
+        prog = apply(prog, args.transform)
+    if args.opt:
+        prog, notes = optimize(prog)
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    how = " ".join(x for x in ("--opt" if args.opt else "",
+                               f"--transform {args.transform}" if args.transform else "") if x)
+    header = f"# transformed by einsumc ({how})\n"
+    passes = prog.analyze().passes
+    header += "# passes: " + ", ".join(f"{r} = {k}" for r, k in passes.items()) + "\n"
+    text = header + prog.to_source()
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -172,8 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("spec")
     c.set_defaults(fn=cmd_check)
 
+    def transform_opts(c):
+        c.add_argument("--opt", action="store_true", help="apply every legal transform first")
+        c.add_argument("--transform", metavar="CHAIN",
+                       help="transforms to apply first, e.g. partition:M=64,defer-division,online")
+
     def run_opts(c):
         c.add_argument("spec")
+        transform_opts(c)
         c.add_argument("--shape", help="extents, e.g. M=1024,P=1024")
         c.add_argument("--param", help="run-time params, e.g. s0=1.5")
         c.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
@@ -188,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="emit a standalone module for a target")
     c.add_argument("spec")
+    transform_opts(c)
     c.add_argument("--target", default="numpy")
     c.add_argument("-o", "--output")
     c.set_defaults(fn=cmd_compile)
@@ -196,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("spec")
     g.add_argument("--format", choices=("dot", "json"), default="dot")
     g.set_defaults(fn=cmd_graph)
+
+    t = sub.add_parser("transform", help="print the cascade after transforms, as .ein")
+    t.add_argument("spec")
+    transform_opts(t)
+    t.add_argument("-o", "--output")
+    t.set_defaults(fn=cmd_transform)
 
     a = sub.add_parser("analyze", help="pass counts, buffer bounds, DRAM traffic, op counts")
     a.add_argument("spec")

@@ -161,8 +161,13 @@ def lower(prog: Program) -> dict:
     open_loop = None  # [var, [ids], set(defined tensors)]
     for i, e in enumerate(einsums):
         v = loop_var(e)
+        reads_final = open_loop is not None and any(
+            a.tensor in open_loop[2] and prog.tensors[a.tensor].iter_axis is not None
+            and _iterate_kind(a.indices[prog.tensors[a.tensor].iter_axis],
+                              prog.tensors[a.tensor].axes[prog.tensors[a.tensor].iter_axis])
+            == "final" for a in _reads(e))
         if v is not None:
-            if open_loop is not None and open_loop[0] == v:
+            if open_loop is not None and open_loop[0] == v and not reads_final:
                 open_loop[1].append(i)
                 open_loop[2].add(e.tensor)
             else:

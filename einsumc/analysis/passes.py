@@ -14,9 +14,11 @@ needed the whole fiber of that same tensor to complete. The rules (`fusemax.md` 
    tensors it reads already did (Cascade 4's `GM` and `SD`; Cascade 5's final `AV`). The
    final iterate of a recurrence over the rank (`RM[M1, p]`) is complete too: an Einsum
    that reads it depends on the whole loop, as on a completion point at the recurrence.
-3. *Pass of an Einsum*: at least the pass of everything it depends on; and for every
-   tensor `T` whose whole fiber it reads, one more than any earlier full read of `T`
-   that a completion point it depends on consumed: the read-after-full-reduction chain.
+3. *Pass of an Einsum*: at least the pass of everything it depends on; and, if it reads a
+   whole fiber, one more than every completion point it depends on: its traversal can
+   start only after the traversal that completed the reduction has read every element
+   (the read-after-full-reduction chain). The fiber it reads was produced or read before
+   the completion, so it is revisited: FuseMax's read-read dependency.
 4. The cascade's count is the largest pass of an Einsum that reads a whole fiber.
 
 The counts depend on the cascade alone (no mapping, no extents), so they bound every
@@ -148,12 +150,16 @@ def analyze_rank(prog: Program, rank: str, graph=None) -> RankPasses:
         for j in anc[i]:
             p = max(p, passes.get(j, 1))
         best = None
-        for t in full_reads[i]:
+        if full_reads[i]:
+            # a traversal of a whole fiber that needs a completed reduction starts after
+            # the traversal that completed it: a new pass
             for c in sorted((anc[i] & comp_set) | final_reads[i]):
-                for j in sorted((anc[c] | {c})):
-                    if t in full_reads.get(j, ()) and passes[j] + 1 > p:
-                        p = passes[j] + 1
-                        best = Chain(t, j, c, i)
+                if passes[c] + 1 > p:
+                    p = passes[c] + 1
+                    t = full_reads[i][0]
+                    first = [j for j in sorted(anc[c] | {c}) if t in full_reads.get(j, ())]
+                    producer = [j for j in sorted(anc[i]) if einsums[j].tensor == t]
+                    best = Chain(t, (first or producer or [c])[-1], c, i)
         passes[i] = p
         if best is not None:
             chains.append(best)

@@ -58,15 +58,27 @@ class Program:
         """Params without a value: keyword arguments of the compiled program."""
         return tuple(p.name for p in self.params if p.value is None)
 
-    def compile(self, target: str = "numpy"):
-        """A callable that runs this cascade on `target` (see `einsumc.backends`)."""
+    def compile(self, target: str = "numpy", opt: bool = False, transform: str | None = None):
+        """A callable that runs this cascade on `target` (see `einsumc.backends`), after
+        `transform` (a chain such as "partition:M=64,online") or every legal transform
+        (`opt=True`)."""
         from ..driver import compile_program
-        return compile_program(self, target)
+        return compile_program(self.transformed(opt, transform), target)
 
-    def emit(self, target: str = "numpy") -> str:
+    def transformed(self, opt: bool = False, transform: str | None = None) -> "Program":
+        """This cascade after a chain of transforms and/or `--opt` (see einsumc.transforms)."""
+        from ..transforms import apply, optimize
+        prog = self
+        if transform:
+            prog = apply(prog, transform)
+        if opt:
+            prog = optimize(prog)[0]
+        return prog
+
+    def emit(self, target: str = "numpy", opt: bool = False, transform: str | None = None) -> str:
         """Source of a standalone module computing this cascade on `target`."""
         from ..driver import emit_program
-        return emit_program(self, target)
+        return emit_program(self.transformed(opt, transform), target)
 
     def graph(self):
         """The dataflow graph of Einsums and tensors (`einsumc.ir.graph.DataflowGraph`)."""
