@@ -171,3 +171,55 @@ S0 = RS[0]
 """
     out = run(src, A=np.arange(1, 5, dtype=np.float32))
     assert float(out["S"]) == 20 and float(out["S0"]) == 10
+
+
+def test_nan_behind_a_mask_does_not_leak_into_a_sum():
+    # garbage (NaN) in a masked-out KV entry: absent points take no part in the sum
+    src = "rank M, P\ninput Q[m, p], V[m]\noutput O[p]\nS[m, p] = Q[m, p] where m < 2\n" \
+          "O[p] = S[m, p] * V[m]\n"
+    v = np.ones(4, np.float32)
+    v[2] = np.nan
+    out = run(src, Q=np.ones((4, 3), np.float32), V=v)
+    assert out["O"].tolist() == [2, 2, 2]
+
+
+def test_inf_over_zero_inside_a_sum_is_zero():
+    a = np.ones((3, 2), np.float32)
+    a[0] = np.inf
+    c = np.ones(3, np.float32)
+    c[0] = 0
+    out = run("rank M, P\ninput A[m, p], C[m]\noutput Y[p]\nY[p] = A[m, p] / C[m]\n", A=a, C=c)
+    assert out["Y"].tolist() == [2, 2]  # rule 4 per term, then the sum
+
+
+def test_integral_float_extent_and_unused_rank():
+    out = run("rank K\nrank N = sqrt(16)\ninput A[k], B[n]\noutput Y\nY = A[k] * B[n]\n",
+              A=np.ones(3, np.float32), B=np.ones(4, np.float32))
+    assert float(out["Y"]) == 12
+    out = run("rank M, N\ninput A[m]\noutput Y\nY = A[m]\n", A=np.ones(3, np.float32))
+    assert float(out["Y"]) == 3
+
+
+def test_final_iterate_read_by_a_statement_indexed_by_the_rank():
+    out = run("rank K\ninput A[k]\noutput Y[k]\nR[k=0] = 0\nR[k+1] = R[k] + A[k]\n"
+              "Y[k] = A[k] / R[K]\n", A=np.array([1, 2, 3], np.float32))
+    np.testing.assert_allclose(out["Y"], [1 / 6, 2 / 6, 3 / 6], rtol=1e-6)
+
+
+@pytest.mark.parametrize("src, message", [
+    ("rank K\ninput A[k]\noutput R[k]\nR[k=0] = 0\nR[k+1] = R[k] + A[k]\n",
+     "outputs of every iterate"),
+    ("rank K\ninput A[k]\noutput Y\nR[k=0] = 0\nR[k+1] = R[k] + A[k]\nY = R[k+1]\n",
+     "only a statement indexed by k"),
+])
+def test_every_iterate_reads_are_rejected_by_the_checker(src, message):
+    with pytest.raises(einsumc.EinsumcError) as exc:
+        einsumc.load(src)
+    assert message in str(exc.value)
+
+
+def test_masked_union_warning_through_a_chain():
+    prog = einsumc.load("rank M, P\ninput X[m, p], B[m, p]\noutput Y[m, p]\n"
+                        "XM[m, p] = X[m, p] where m < p\nT[m, p] = XM[m, p] * 2\n"
+                        "Y[m, p] = 2 * T[m, p] + B[m, p]\n")
+    assert any("masked by a `where` filter" in w.message and w.line == 6 for w in prog.warnings)

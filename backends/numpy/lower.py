@@ -142,6 +142,33 @@ def _materialized(e: N.Einsum) -> tuple[str, ...]:
     return tuple(e.space)
 
 
+def _needed_ranks(prog: Program) -> tuple[str, ...]:
+    """Ranks whose extent the cascade uses (others may stay unbound)."""
+    by_var = {r.var: r.name for r in prog.ranks}
+    need: set[str] = set()
+    for d in prog.inputs + prog.outputs:
+        need |= {by_var[v] for v in d.indices}
+    for e in prog.einsums:
+        need |= {by_var[v] for v in e.space if v in by_var}
+        need |= {by_var[i.var] for i in e.indices if i.var in by_var}
+        for x in (e.rhs, e.filter):
+            if x is not None:
+                need |= {n.name for n in N.walk(x) if isinstance(n, N.Extent)}
+    for p in prog.params:
+        if p.value is not None:
+            need |= {n.name for n in N.walk(p.value) if isinstance(n, N.Extent)}
+    changed = True
+    while changed:
+        changed = False
+        for r in prog.ranks:
+            if r.name in need and r.extent is not None:
+                more = {n.name for n in N.walk(r.extent) if isinstance(n, N.Extent)} - need
+                if more:
+                    need |= more
+                    changed = True
+    return tuple(sorted(need))
+
+
 def lower(prog: Program) -> dict:
     """The NumPy plan of a checked program."""
     iter_vars = set(prog.iterative_vars)
@@ -313,5 +340,6 @@ def lower(prog: Program) -> dict:
         "stmts": tuple(stmts),
         "blocks": tuple(plan_blocks),
         "loop_vars": tuple(sorted(iter_vars)),
+        "needed_ranks": _needed_ranks(prog),
         "chunk_candidates": tuple(candidates),
     }

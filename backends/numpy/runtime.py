@@ -307,6 +307,8 @@ class Runner:
                     continue
                 except ZeroDivisionError:
                     raise EinRuntimeError(f"extent of rank {name} divides by zero", span) from None
+                if isinstance(v, float) and v.is_integer():
+                    v = int(v)
                 if isinstance(v, float) or v < 0:
                     raise EinRuntimeError(
                         f"rank {name} = {_expr_text(expr)} is not a non-negative integer with "
@@ -322,6 +324,8 @@ class Runner:
                 break
             pending = rest
         for name, expr, span in pending:
+            if name not in plan["needed_ranks"]:
+                continue  # declared but unused: no extent needed
             raise EinRuntimeError(f"the extent of rank {name} is not bound: no input has an axis "
                                   "of that rank and it has no declared value", span)
         return ext
@@ -567,7 +571,7 @@ class Runner:
         factors, const = _factorize(s["rhs"])
         if fmask is not None and fmask.ndim == 0:
             fmask = None
-        if len(factors) >= 2:
+        if len(factors) >= 2 and self._finite_factors(factors, ctx, fmask is not None):
             vals = []
             for node, recip in factors:
                 v = self._eval(node, ctx)
@@ -620,6 +624,18 @@ class Runner:
             val = _apply_mask(val, fmask)
         val, cur = _reduce(val, list(space), sum_vars, "sum", list(sizes))
         return val, cur
+
+    def _finite_factors(self, factors, ctx, filtered):
+        """Whether the matmul path is exact. It fills absent points with 0 and multiplies,
+        and divides through a reciprocal: wrong for inf/NaN values (0 * inf). Those (rare)
+        cases take the dense path, which applies the rules point by point."""
+        risky = filtered or any(r for _, r in factors)
+        vals = [self._eval(node, ctx) for node, _ in factors]
+        risky = risky or any(v.mask is not None for v in vals)
+        if not risky:
+            return True
+        return all(v.arr is None or v.arr.dtype.kind != "f" or np.isfinite(v.arr).all()
+                   for v in vals)
 
     def _predicate(self, node, ctx):
         """Filter as a boolean array over the space (or True/False when uniform).
@@ -1088,15 +1104,19 @@ def _linear(expr, extents, params):
 
 
 def _names(expr):
-    if expr[0] in ("extent", "param", "var"):
+    """Names of extents, params and variables in an encoded expression."""
+    op = expr[0]
+    if op in ("extent", "param", "var"):
         return {expr[1]}
+    if op in ("call", "access"):
+        out = set()
+        for a in expr[2]:
+            out |= _names(a)
+        return out
     out = set()
     for x in expr[1:]:
-        if isinstance(x, tuple):
+        if isinstance(x, tuple) and x and isinstance(x[0], str):
             out |= _names(x)
-        elif isinstance(x, list):
-            for y in x:
-                out |= _names(y)
     return out
 
 

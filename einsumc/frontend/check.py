@@ -357,7 +357,7 @@ class _Checker:
         if len(self.errors) == n_err:
             self.lint(out)
         self.record_definition(e, name, axes, kind, pos)
-        if filt is not None:
+        if filt is not None or (len(self.errors) == n_err and self._intersects_masked(rhs)):
             self.filtered.add(name)
         return out
 
@@ -522,6 +522,16 @@ class _Checker:
         rank = self.var_rank[v]
         recur_done = bool(info.get("recur"))
         in_own_recur = ctx["kind"] == "recur" and ctx["lhs"] == a.tensor
+        in_loop = v in [i.var for i in ctx["stmt"].indices if i.kind != "init"]
+        every = (isinstance(ix, N.Var) and ix.name == v) or (
+            isinstance(ix, N.BinOp) and ix.op == "+" and isinstance(ix.left, N.Var)
+            and ix.left.name == v)
+        if every and not in_loop:
+            self.err(f"{a.tensor}[{v}] and {a.tensor}[{v}+1] are iterates of a recurrence: only a "
+                     f"statement indexed by {v} (run once per iterate) can read them; read the "
+                     f"final iterate {a.tensor}[{rank}] instead (outputs of every iterate are not "
+                     "supported yet)", a.span)
+            return
         if isinstance(ix, N.Var) and ix.name == v:
             return  # previous iterate: readable anywhere after the initialization
         if (isinstance(ix, N.BinOp) and ix.op == "+" and isinstance(ix.left, N.Var)
@@ -638,14 +648,24 @@ class _Checker:
                                           "compute the reduction in its own Einsum first", n.span)
                                 return
 
+    def _intersects_masked(self, x: N.Expr) -> bool:
+        """Whether a value is absent wherever some masked tensor it reads is absent."""
+        if isinstance(x, N.Access):
+            return x.tensor in self.filtered
+        union = (isinstance(x, N.BinOp) and x.op == "+") or (
+            isinstance(x, N.Call) and x.fn in ("max", "min"))
+        kids = [self._intersects_masked(c) for c in N.children(x)]
+        return bool(kids) and (all(kids) if union else any(kids))
+
     def lint_masked_union(self, x: N.Expr) -> None:
         for n in N.walk(x):
             if isinstance(n, N.BinOp) and n.op == "+" or (
                     isinstance(n, N.Call) and n.fn in ("max", "min")):
                 ops = (n.left, n.right) if isinstance(n, N.BinOp) else n.args
-                masked = [o for o in ops if isinstance(o, N.Access) and o.tensor in self.filtered]
+                masked = [o for o in ops if self._intersects_masked(o)]
                 if masked and len(masked) < len(ops):
-                    t = masked[0].tensor
+                    t = next(a.tensor for a in N.walk(masked[0]) if isinstance(a, N.Access)
+                             and a.tensor in self.filtered)
                     self.warn(f"'{t}' is masked by a `where` filter, but '{n.op if isinstance(n, N.BinOp) else n.fn}'"
                               f" keeps the other operand where '{t}' is absent, so masked points "
                               "come back; put the filter on the Einsum that produces the final "
@@ -658,6 +678,12 @@ class _Checker:
             if d.kind == "output" and (info is None or not info["defined_by"]) \
                     and name not in self.failed:
                 self.err(f"output '{name}' is never defined", d.span)
+        for name, d in self.decls.items():
+            info = self.tensors.get(name)
+            if d.kind == "output" and info is not None and info.get("recur"):
+                self.err(f"output '{name}' is an iterative tensor: outputs of every iterate are "
+                         f"not supported yet; define the output from its final iterate instead",
+                         d.span, note("its recurrence is here", info["recur"]))
         for name, info in self.tensors.items():
             if info.get("init") and not info.get("recur") and name not in self.failed:
                 self.err(f"'{name}' is initialized as an iterative tensor but has no recurrence "
