@@ -1,0 +1,1 @@
+"""The Triton backend: fused GPU kernels generated from cascades (issue #5)."""
