@@ -240,3 +240,26 @@ def test_random_legal_chains_preserve_results(name, steps, tile, m, p, seed):
         except TransformRefused:
             continue  # illegal here: the chain goes on without it
     same(prog, out, shapes_for(prog, m, p, small=2), seed=seed)
+
+
+def test_online_with_extra_outputs_sharing_the_normaliser():
+    # log-sum-exp beside attention: the max and the denominator are read by two outputs
+    src = """rank E = 16, F = 16
+rank M, P
+input  Q[e, p], K[e, m], V[f, m]
+output AV[f, p], LSE[p]
+QK[m, p] = Q[e, p] * K[e, m] where m <= p + M - P
+GM[p]    = QK[m, p] :: max(m)
+SN[m, p] = exp(QK[m, p] - GM[p])
+SD[p]    = SN[m, p]
+SNV[f, p] = SN[m, p] * V[f, m]
+AV[f, p] = SNV[f, p] / SD[p]
+LSE[p]   = GM[p] + log(SD[p])
+"""
+    prog = einsumc.load(src)
+    opt, notes = optimize(prog, tile=8)
+    assert opt.analyze(rank="M").passes["M"] == 1 and not notes
+    text = opt.to_source()
+    assert "LSE[p] = RM[M1, p] + log(RD[M1, p])" in text
+    a, b = same(prog, opt, {"M": 30, "P": 33})
+    assert np.all(b["AV"][:, :3] == 0)  # rows p < P - M see no key: 0, never NaN

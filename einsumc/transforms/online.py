@@ -131,7 +131,21 @@ def online(prog: Program) -> Program:
         return N.Access(name, tuple(N.Var(i) if isinstance(i, str) else i for i in idx))
 
     nxt = N.BinOp("+", N.Var(v1), N.Num(1.0))
-    head = [einsum(RM, _ins(gvars, (v1, "init")), N.Unary("-", N.Num(float("inf"))))]
+    # A running max starting at -inf (Cascade 5) turns a row that sees no present point
+    # into RM = -inf and running sums = 0, where the original max and sums are absent. The
+    # two agree when those values are only divided by each other (0 / 0 = 0, absent reads
+    # 0); for any other reader (a log-sum-exp output) the running max starts absent instead
+    # (an initialization filtered to nothing), which keeps absence exactly.
+    sum_names = {einsums[ci].tensor for ci in sums}
+    g_readers = [e for e in einsums if e is not sn and any(a.tensor == g.tensor for a in reads(e))]
+    ratio_only = all(isinstance(e.rhs, N.BinOp) and e.rhs.op == "/"
+                     and isinstance(e.rhs.left, N.Access) and e.rhs.left.tensor in sum_names
+                     and isinstance(e.rhs.right, N.Access) and e.rhs.right.tensor in sum_names
+                     for e in einsums if any(a.tensor in sum_names for a in reads(e))
+                     and einsums.index(e) not in sums)
+    never = None if (not g_readers and ratio_only) else N.BinOp("<", N.Extent(r1), N.Num(0.0))
+    head = [einsum(RM, _ins(gvars, (v1, "init")), N.Unary("-", N.Num(float("inf"))),
+                   where=never)]
     loop = [
         einsum(LM, lm_vars, x, [("max", (v0,))]),
         einsum(RM, _ins(gvars, (v1, "next")), N.Call("max", (acc(RM, rm_idx), acc(LM, lm_vars)))),
