@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -332,8 +331,9 @@ class Runner:
 
     # ---------------------------------------------------------------- running
     def run(self, threads=None):
-        """Run the cascade; query chunks are independent, so they run on `threads` threads
-        (default: one per core; NumPy releases the GIL inside its kernels)."""
+        """Run the cascade; query chunks are independent, so they may run on `threads`
+        threads (NumPy releases the GIL inside its kernels). The default is 1: BLAS already
+        uses every core for the contractions, and more threads oversubscribe them."""
         plan = self.plan
         self.var_ext = {r.lower(): n for r, n in self.extents.items()}
         self.exprs = {}
@@ -341,7 +341,7 @@ class Runner:
         for name, axes, dtype in plan["outputs"]:
             shape = tuple(self.var_ext[v] for v in axes)
             outs[name] = np.zeros(shape, dtype=_np_dtype(dtype, self.dtype))
-        threads = threads or os.cpu_count() or 1
+        threads = threads or 1
         chunk_var, chunk = self._choose_chunk(threads)
         starts = [0] if chunk_var is None else range(0, max(1, self.var_ext[chunk_var]), chunk)
         self.tensors = dict(self.inputs)
