@@ -91,16 +91,20 @@ def _child(spec_json: str) -> None:
 
         if which == "sdpa":
             import torch
-            tq, tk, tv = (torch.from_numpy(np.ascontiguousarray(x)) for x in (q, k, v))
-            mask = None
-            if causal:
-                mask = torch.ones(P, M, dtype=torch.bool).tril(diagonal=M - P)
+            # contiguous 4-D (1, B*H, N, D): SDPA's fused CPU flash kernel (3-D inputs or an
+            # explicit mask take the much slower math path)
+            tq, tk, tv = (torch.from_numpy(np.ascontiguousarray(x))[None] for x in (q, k, v))
+            kw = {}
+            if causal and M == P:
+                kw["is_causal"] = True
+            elif causal:  # bottom-right aligned: an explicit mask (math path)
+                kw["attn_mask"] = torch.ones(P, M, dtype=torch.bool).tril(diagonal=M - P)
 
             def run():
                 with torch.no_grad():
                     o = torch.nn.functional.scaled_dot_product_attention(
-                        tq, tk, tv, attn_mask=mask, scale=scale)
-                return back(o.numpy())
+                        tq, tk, tv, scale=scale, **kw)
+                return back(o[0].numpy())
         else:
             def run():
                 out = np.empty((q.shape[0], P, v.shape[2]), np.float32)

@@ -139,3 +139,12 @@ def test_api_errors_carry_locations():
            V=np.zeros((64, 100), np.float32))
     d = exc.value.diagnostics[0]
     assert d.line == 13 and "M1" in d.message  # `rank M, P, M1 = M / M0`
+
+
+def test_bench_runs_and_checks_against_sdpa(capsys):
+    spec = ROOT / "examples/attention/mha_causal_1pass.ein"
+    assert main(["bench", str(spec), "--shape", "B=1,H=2,M=96,P=96", "--causal"]) == 0
+    out = capsys.readouterr().out
+    assert "torch SDPA (CPU)" in out and "naive NumPy" in out and "machine:" in out
+    err = float(out.split("max abs err vs sdpa: ")[1].split()[0])
+    assert err < 1e-5
