@@ -113,8 +113,8 @@ class Analysis:
                 out["traffic"][r]["spill_extra_bytes_value"] = self.value(tr.spill_bytes)
                 if self.capacity is not None and self.value(tr.compulsory_bytes) is not None:
                     vals = {k: v for k, v in self.shapes.items()}
-                    out["traffic"][r]["schedule"] = best_schedule(self.program, rp, fp,
-                                                                  self.capacity, vals)
+                    out["traffic"][r]["schedule"] = best_schedule(
+                        self.program, rp, fp, self.capacity, vals, self._subs())
         out["ops"] = {k: str(v) for k, v in self.ops.items()}
         out["ops_per_einsum"] = [{**self._where(i), **{k: str(v) for k, v in c.items()}}
                                  for i, c in enumerate(self.ops_per_einsum)]
@@ -133,7 +133,9 @@ class Analysis:
     # ---------------------------------------------------------------- text
     def report(self) -> str:
         name = self.program.source.name if self.program.source else "<spec>"
-        lines = [f"analysis of {name}" + (f"  ({', '.join(f'{k}={v}' for k, v in self.shapes.items())})"
+        shown = ", ".join(f"{k}={int(v) if float(v).is_integer() else v}"
+                          for k, v in self.shapes.items())
+        lines = [f"analysis of {name}" + (f"  ({shown})"
                                            if self.shapes else "")]
         for r, rp in self.ranks.items():
             lines.append("")
@@ -160,7 +162,7 @@ class Analysis:
             if multi:
                 lines.append("  fibers read in several passes: "
                              + ", ".join(f"{t} ({k}x)" for t, k in multi.items()))
-            lines.append("  fusion groups (one per pass): " + " | ".join(
+            lines.append("  fusion groups (one traversal each): " + " | ".join(
                 ", ".join(self.program.einsums[i].tensor for i in g) for g in rp.groups()))
             if r not in self.footprints:
                 continue
@@ -178,8 +180,11 @@ class Analysis:
                              + (f" = +{self.value(tr.spill_bytes)}" if self.shapes and
                                 self.value(tr.spill_bytes) is not None else ""))
             if self.capacity is not None and self.shapes:
-                sched = best_schedule(self.program, rp, fp, self.capacity, dict(self.shapes))
-                if sched["best"] is None:
+                sched = best_schedule(self.program, rp, fp, self.capacity, dict(self.shapes),
+                                      self._subs())
+                if sched.get("error"):
+                    lines.append(f"  with {self.capacity} bytes on chip: {sched['error']}")
+                elif sched["best"] is None:
                     lines.append(f"  with {self.capacity} bytes on chip: no schedule fits "
                                  "(the minimum footprint is larger)")
                 for plan, d in sched["plans"].items():

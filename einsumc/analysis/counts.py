@@ -101,8 +101,10 @@ def einsum_counts(e: N.Einsum, ext) -> dict[str, sympy.Expr]:
     space = set(e.space)
     total = _size(space, ext)
     reds = list(e.reduced)
-    if e.filter is not None:
-        _count_expr(e.filter, space, ext, counts)
+    if e.filter is not None:  # one comparison per point; index arithmetic is addressing
+        for n in N.walk(e.filter):
+            if isinstance(n, N.BinOp) and n.op in N.CMP_OPS:
+                _add(counts, "compare", _size(_vars(n, space), ext))
     is_copy = isinstance(e.rhs, N.Access) and not reds
     if is_copy:
         return counts

@@ -40,6 +40,8 @@ class Footprint:
     buffered_fibers: dict[str, sympy.Expr]  # multi-pass tensor -> fiber elements per unit
     effective_extent: dict[str, sympy.Expr]  # tensor -> extent along the rank (filters)
     per_group_fibers: list[sympy.Expr] = None  # per-unit elements of buffered fibers, per group
+    per_group_fibers_shared: list[sympy.Expr] = None  # shared elements of buffered fibers
+    query_vars: tuple[str, ...] = ()  # the units whose count sets the re-reads of K and V
 
     @property
     def minimum(self) -> sympy.Expr:
@@ -167,6 +169,12 @@ def footprint(prog: Program, rp: RankPasses) -> Footprint:
         leaf = rv.children[leaf][-1]
     multi = {t for t, k in rp.tensor_passes.items() if k > 1}
 
+    # the query ranks: units that the rank's own inputs (K, V) do not carry. A region
+    # with a query rank grows with the queries in flight; one without (a K/V tile, which
+    # may carry batch and head ranks) is shared by them.
+    r_inputs = [d for d in prog.inputs if set(d.indices) & rv.vars]
+    query = {u for u in units if not any(u in d.indices for d in r_inputs)} or set(units)
+
     def region(name: str, axes_idx: list[tuple[str | None, set[str]]], buffered: bool) -> tuple:
         """(elements per unit, shared elements) of one tensor's live region."""
         size = sympy.Integer(1)
@@ -174,7 +182,7 @@ def footprint(prog: Program, rp: RankPasses) -> Footprint:
         r_done = False
         for axis, vs in axes_idx:
             if vs & set(units):
-                has_unit = True
+                has_unit = has_unit or bool(vs & query)
                 continue
             rvs = vs & rv.vars
             if rvs:
@@ -195,7 +203,7 @@ def footprint(prog: Program, rp: RankPasses) -> Footprint:
 
     groups = rp.groups()
     pass_of = rp.einsum_pass
-    per_unit, shared, fibers = [], [], []
+    per_unit, shared, fibers, fibers_shared = [], [], [], []
     first_last: dict[str, tuple[int, int]] = {}
     for i, p in pass_of.items():
         for t in rp.full_reads.get(i, ()):
@@ -231,9 +239,11 @@ def footprint(prog: Program, rp: RankPasses) -> Footprint:
             if t in seen:
                 buffered_fibers[t] = seen[t][0] + seen[t][1]
         fibers.append(sympy.simplify(sum(seen[t][0] for t in multi if t in seen)))
+        fibers_shared.append(sympy.simplify(sum(seen[t][1] for t in multi if t in seen)))
         per_unit.append(sympy.simplify(sum(u for u, _ in seen.values())))
         shared.append(sympy.simplify(sum(s for _, s in seen.values())))
-    return Footprint(units, per_unit, shared, buffered_fibers, eff, fibers)
+    return Footprint(units, per_unit, shared, buffered_fibers, eff, fibers, fibers_shared,
+                     tuple(v for v in units if v in query))
 
 
 @dataclass
@@ -264,33 +274,51 @@ def traffic(prog: Program, rp: RankPasses) -> Traffic:
 
 
 def best_schedule(prog: Program, rp: RankPasses, fp: Footprint, capacity: int,
-                  values: dict[str, int]) -> dict:
+                  values: dict[str, int], subs: dict | None = None) -> dict:
+    """See `_best_schedule`; an unbound extent or param is reported, not raised."""
+    try:
+        return _best_schedule(prog, rp, fp, capacity, values, subs)
+    except ValueError as exc:
+        return {"capacity_bytes": capacity, "plans": {}, "best": None,
+                "error": f"{exc}: give their values (--shape or --param)"}
+
+
+def _best_schedule(prog: Program, rp: RankPasses, fp: Footprint, capacity: int,
+                   values: dict[str, int], subs: dict | None = None) -> dict:
     """The cheaper of buffering the multi-pass fibers or spilling them, for `capacity` bytes.
 
     Units (queries) are processed in tiles as large as the buffer allows; inputs without the
     unit ranks (K, V) are read once per tile of units.
     """
     ext = extent_symbols(prog)
-    subs = {sympy.Symbol(k, integer=True, positive=True): v for k, v in values.items()}
-    subs.update({sympy.Symbol(k, real=True): v for k, v in values.items()})
+    if subs is None:
+        subs = {sympy.Symbol(k, integer=True, positive=True): v for k, v in values.items()}
+        subs.update({sympy.Symbol(k, real=True): v for k, v in values.items()})
 
     def num(x) -> float:
-        return float(sympy.sympify(x).subs(subs))
+        v = sympy.sympify(x).subs(subs)
+        if v.free_symbols:
+            raise ValueError("unbound: " + ", ".join(sorted(str(s) for s in v.free_symbols)))
+        return float(v)
 
     word = 4
-    units_total = math.prod(int(num(ext[v])) for v in fp.unit_vars) if fp.unit_vars else 1
-    unit_inputs = [d.name for d in prog.inputs if set(d.indices) & set(fp.unit_vars)]
+    qvars = fp.query_vars or fp.unit_vars
+    units_total = math.prod(int(num(ext[v])) for v in qvars) if qvars else 1
+    unit_inputs = [d.name for d in prog.inputs if set(d.indices) & set(qvars)]
     other_inputs = [d.name for d in prog.inputs if d.name not in unit_inputs]
     base = sum(num(tensor_bytes(prog, t, ext)) for t in unit_inputs) + sum(
         num(tensor_bytes(prog, d.name, ext)) for d in prog.outputs)
     reread = sum(num(tensor_bytes(prog, t, ext)) for t in other_inputs)
     plans = {}
+    n = len(fp.per_group_unit)
     for plan in ("buffer", "spill"):
-        unit_b = 0.0
-        for u, f in zip(fp.per_group_unit, fp.per_group_fibers or [0] * len(fp.per_group_unit)):
-            per = num(u) - (num(f) if plan == "spill" else 0)  # spilled fibers stream instead
-            unit_b = max(unit_b, per * word)
-        shared_b = max(num(s) for s in fp.per_group_shared) * word if fp.per_group_shared else 0
+        unit_b = shared_b = 0.0
+        for u, sh, f, fs in zip(fp.per_group_unit, fp.per_group_shared,
+                                fp.per_group_fibers or [0] * n,
+                                fp.per_group_fibers_shared or [0] * n):
+            spill = plan == "spill"  # spilled fibers stream instead of staying on chip
+            unit_b = max(unit_b, (num(u) - (num(f) if spill else 0)) * word)
+            shared_b = max(shared_b, (num(sh) - (num(fs) if spill else 0)) * word)
         if capacity < shared_b + unit_b or (plan == "spill" and not fp.buffered_fibers):
             continue
         tile = units_total if unit_b == 0 else int(min(units_total, (capacity - shared_b) // unit_b))

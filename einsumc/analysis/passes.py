@@ -14,11 +14,12 @@ needed the whole fiber of that same tensor to complete. The rules (`fusemax.md` 
    tensors it reads already did (Cascade 4's `GM` and `SD`; Cascade 5's final `AV`). The
    final iterate of a recurrence over the rank (`RM[M1, p]`) is complete too: an Einsum
    that reads it depends on the whole loop, as on a completion point at the recurrence.
-3. *Pass of an Einsum*: at least the pass of everything it depends on; and, if it reads a
-   whole fiber, one more than every completion point it depends on: its traversal can
-   start only after the traversal that completed the reduction has read every element
-   (the read-after-full-reduction chain). The fiber it reads was produced or read before
-   the completion, so it is revisited: FuseMax's read-read dependency.
+3. *Pass of an Einsum*: at least the pass of everything it depends on; and one more than
+   a completion point it depends on when it reads a whole fiber that the completing
+   traversal already visited — the fiber itself, or one it was computed from (`SN` from
+   `QK`): its traversal starts only after every element was read, so it revisits them.
+   This is FuseMax's read-read dependency; a fiber that traversal never touched
+   (`Z = Y * C[k]` after `Y = A[k] * B[k]`) is read in a later sweep but not revisited.
 4. The cascade's count is the largest pass of an Einsum that reads a whole fiber.
 
 The counts depend on the cascade alone (no mapping, no extents), so they bound every
@@ -60,11 +61,18 @@ class RankPasses:
     completions: tuple[int, ...]
     chains: list[Chain] = field(default_factory=list)
     tensor_passes: dict[str, int] = field(default_factory=dict)
+    einsum_sweep: dict[int, int] = field(default_factory=dict)
 
     def groups(self) -> list[list[int]]:
-        """Einsums grouped by pass: Einsums of one pass may fuse; of different passes, not."""
+        """Fusion groups: Einsums that one traversal of the rank can run together.
+
+        Einsums of different passes never fuse. Within a pass, a whole-fiber read that needs
+        a completed reduction it does not revisit (`Z = Y * C[k]` after `Y = A[k] * B[k]`)
+        still starts a new traversal (a sweep); groups follow sweeps, which refine passes.
+        """
+        key = self.einsum_sweep or self.einsum_pass
         out: dict[int, list[int]] = {}
-        for i, p in sorted(self.einsum_pass.items()):
+        for i, p in sorted(key.items()):
             out.setdefault(p, []).append(i)
         return [out[p] for p in sorted(out)]
 
@@ -105,9 +113,14 @@ def analyze_rank(prog: Program, rank: str, graph=None) -> RankPasses:
         c = (c & rv.vars) - out_axes
         prev = cov.get(e.tensor, set()) if e.kind == "recur" else set()
         cov[e.tensor] = c | prev
-        already = any(complete_t.get(a.tensor, False) for a in reads)
         done = rv.covers(cov[e.tensor])
-        if done and not already:
+        # the reduction over the rank completes here: this Einsum reduces (part of) it, or
+        # reads a final iterate; merely reading a complete value does not complete anything
+        performs = bool({v for r in e.reduced for v in r.vars} & rv.vars) or any(
+            prog.tensors[a.tensor].iter_axis is not None
+            and isinstance(a.indices[prog.tensors[a.tensor].iter_axis], N.Extent)
+            for a in reads)
+        if done and performs:
             completions.append(i)
         complete_t[e.tensor] = done
         space = set(e.space) | set(e.lhs_vars)
@@ -142,24 +155,41 @@ def analyze_rank(prog: Program, rank: str, graph=None) -> RankPasses:
         for j in anc[i]:
             got |= final_reads.get(j, set())
         final_reads[i] = got
+    # sources[T]: T and every fiber it was computed from through whole-fiber reads
+    sources: dict[str, set[str]] = {d.name: {d.name} for d in prog.inputs}
+    for i in g.topo_einsums():
+        t = einsums[i].tensor
+        src = sources.setdefault(t, {t})
+        for r in full_reads[i]:
+            src |= sources.get(r, {r})
+    cone_reads = {c: set().union(*(set(full_reads[j]) for j in anc[c] | {c}))
+                  for c in set(completions) | {j for v in final_reads.values() for j in v}}
     passes: dict[int, int] = {}
     chains: list[Chain] = []
     order = g.topo_einsums()
+    sweeps: dict[int, int] = {}
     for i in order:
         p = 1
+        sw = 1
         for j in anc[i]:
             p = max(p, passes.get(j, 1))
+            sw = max(sw, sweeps.get(j, 1))
+        if full_reads[i]:  # a traversal after a completed reduction is a new sweep
+            for c in (anc[i] & comp_set) | final_reads[i]:
+                sw = max(sw, sweeps[c] + 1)
+        sweeps[i] = sw
         best = None
-        if full_reads[i]:
-            # a traversal of a whole fiber that needs a completed reduction starts after
-            # the traversal that completed it: a new pass
-            for c in sorted((anc[i] & comp_set) | final_reads[i]):
-                if passes[c] + 1 > p:
+        # A traversal of a whole fiber that needs a completed reduction starts after the
+        # traversal that completed it. It is a new pass when it revisits what that traversal
+        # visited: the fiber itself, or one it was computed from.
+        for c in sorted((anc[i] & comp_set) | final_reads[i]):
+            seen = cone_reads[c]
+            for t in full_reads[i]:
+                shared = sources[t] & seen
+                if shared and passes[c] + 1 > p:
                     p = passes[c] + 1
-                    t = full_reads[i][0]
-                    first = [j for j in sorted(anc[c] | {c}) if t in full_reads.get(j, ())]
-                    producer = [j for j in sorted(anc[i]) if einsums[j].tensor == t]
-                    best = Chain(t, (first or producer or [c])[-1], c, i)
+                    first = [j for j in sorted(anc[c] | {c}) if set(full_reads[j]) & shared]
+                    best = Chain(t, (first or [c])[-1], c, i)
         passes[i] = p
         if best is not None:
             chains.append(best)
@@ -171,7 +201,7 @@ def analyze_rank(prog: Program, rank: str, graph=None) -> RankPasses:
             tensor_passes.setdefault(t, set()).add(passes[i])
     tensor_passes = {t: len(s) for t, s in sorted(tensor_passes.items())}
     return RankPasses(rank, rv, total, passes, full_reads, tuple(completions),
-                      sorted(chains, key=lambda c: c.reader), tensor_passes)
+                      sorted(chains, key=lambda c: c.reader), tensor_passes, sweeps)
 
 
 def analyze_passes(prog: Program, rank: str | None = None) -> dict[str, RankPasses]:
