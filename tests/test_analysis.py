@@ -243,3 +243,38 @@ def test_cli_report_and_shapes(capsys):
 def test_cli_errors(args, message, capsys):
     assert main(["analyze", str(EX / "fusemax/cascade4_3pass.ein"), *args]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_completion_with_a_complete_input_still_counts():
+    src = ("rank M, P\ninput S[m, p]\noutput Y[m, p]\nGM[p] = S[m, p] :: max(m)\n"
+           "SD[p] = exp(S[m, p] - GM[p])\nY[m, p] = exp(S[m, p] - GM[p]) / SD[p]\n")
+    a = einsumc.load(src).analyze(rank="M")
+    assert a.passes["M"] == 3
+    assert [a.program.einsums[i].tensor for i in a.ranks["M"].completions] == ["GM", "SD"]
+
+
+def test_a_fiber_never_visited_adds_a_sweep_not_a_pass():
+    a = einsumc.load("rank K\ninput A[k], B[k], C[k]\noutput Z\nY = A[k] * B[k]\n"
+                     "Z = Y * C[k]\n").analyze(rank="K")
+    assert a.passes["K"] == 1                     # no fiber is revisited (FuseMax §III-A)
+    assert a.ranks["K"].groups() == [[0], [1]]    # but Z cannot fuse with Y's traversal
+
+
+def test_two_pass_transform_output_is_two_passes():
+    prog = load("fusemax/cascade4_3pass.ein").transformed(transform="partition:M=16,two-pass")
+    assert prog.analyze(rank="M").passes["M"] == 2
+
+
+def test_schedule_reports_unbound_params(capsys):
+    assert main(["analyze", str(EX / "attention/sliding_window.ein"), "--shape",
+                 "B=1,H=1,M=65536,P=65536", "--capacity", "1048576"]) == 0
+    assert "unbound: W" in capsys.readouterr().out
+
+
+def test_kv_tiles_are_shared_across_queries():
+    a = load("attention/mha_1pass.ein").analyze(rank="M", shapes={"B": 1, "H": 1, "M": 65536,
+                                                                   "P": 65536}, capacity=1 << 20)
+    fp = a.footprints["M"]
+    assert fp.query_vars == ("p",)
+    plan = a.to_dict()["traffic"]["M"]["schedule"]["plans"]["buffer"]
+    assert plan["units_in_flight"] > 100  # only the per-query state scales with the tile
