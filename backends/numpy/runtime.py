@@ -762,6 +762,8 @@ class Runner:
                 return _union(a, b, 0, np.add)
             if exact and o == "-":
                 return _intersect(np.subtract, a, b)
+            if exact and o in ("//", "%"):
+                return _intersect(np.floor_divide if o == "//" else np.mod, a, b)
             with np.errstate(all="ignore"):
                 return _intersect(_BINARY[o], a, b)
         raise AssertionError(f"unknown node {op}")  # pragma: no cover
@@ -803,7 +805,11 @@ class Runner:
         fast = True
         used = set()
         for k, idx in enumerate(indices):
-            coeffs, const = self._affine(idx)
+            try:
+                coeffs, const = self._affine(idx)
+            except _NotAffine:
+                fast = False
+                break
             live = {v: c for v, c in coeffs.items() if c != 0}
             fixed = 0
             free = None
@@ -874,11 +880,14 @@ class Runner:
         valid = True
         idxs = []
         for k, idx in enumerate(indices):
-            coeffs, const = self._affine(idx)
-            ix = np.full((1,) * len(space), const - offs[k], dtype=np.int64)
-            for v, c in coeffs.items():
-                if c:
-                    ix = ix + c * self._coords(v, ctx, np.int64)
+            try:
+                coeffs, const = self._affine(idx)
+                ix = np.full((1,) * len(space), const - offs[k], dtype=np.int64)
+                for v, c in coeffs.items():
+                    if c:
+                        ix = ix + c * self._coords(v, ctx, np.int64)
+            except _NotAffine:  # quasi-affine: evaluate the index point by point
+                ix = self._eval(idx, ctx, exact=True).arr - offs[k]
             ok = (ix >= 0) & (ix < shape[k])
             valid = ok if valid is True else valid & ok
             idxs.append(np.clip(ix, 0, max(0, shape[k] - 1)))
@@ -1073,6 +1082,10 @@ def _const(expr, extents, params):
     raise KeyError(op)
 
 
+class _NotAffine(ValueError):
+    """A quasi-affine index (`p // P0`, `p % P0`): read through the general gather."""
+
+
 def _linear(expr, extents, params):
     """({var: int coefficient}, int constant) of an affine index expression."""
     op = expr[0]
@@ -1099,6 +1112,8 @@ def _linear(expr, extents, params):
             if a:
                 return {v: x * kb for v, x in a.items()}, ka * kb
             return {v: x * ka for v, x in b.items()}, ka * kb
+        if a or b:
+            raise _NotAffine(o)
         return {}, int(_const(expr, extents, params))
     raise KeyError(op)  # pragma: no cover
 

@@ -151,7 +151,8 @@ def derive_plan(cm: CascadeModel, arch: Architecture, mp: Mapping) -> Plan:
     for name, arr in arch.arrays.items():
         if arr.kind == "1d" and name not in mp.spatial:
             mine = [e for e in cm.einsums if binding.get(e.index) == name]
-            if mine and cm.seq_leaf and all(cm.seq_leaf in e.space for e in mine) \
+            if mine and cm.seq_leaf and all(cm.seq_leaf in e.space and cm.seq_leaf != e.iter_var
+                                            for e in mine) \
                     and cm.seq_leaf == cm.seq_root:
                 spatial[name] = (cm.seq_leaf,)
             else:
@@ -318,9 +319,8 @@ def evaluate(cm: CascadeModel, arch: Architecture, mp: Mapping, shapes: dict[str
 
     # ---------------------------------------------------------------- classes of tensors
     cls = _classes(cm, plan)
-    seqv = cm.seq_vars
 
-    def size(t: str, full: bool = True) -> float:
+    def size(t: str) -> float:
         """Elements of tensor t (all instances)."""
         meta = cm.tensors[t]
         return inst * math.prod(ext[v] for v in meta.plain_axes)
@@ -349,7 +349,7 @@ def evaluate(cm: CascadeModel, arch: Architecture, mp: Mapping, shapes: dict[str
         dram, by_tensor = block["dram_bytes"], block["by_tensor"]
         buf = block["buffer"]
         gb = _gb_words(cm, plan, costs, ext_tile, cls, arch, None)
-        stages = _stages(cm, plan, costs, n_main)
+        _stages(cm, plan, costs)
         busy = _busy(costs)
         mem_s = dram / arch.dram_bw
         epoch = {a: busy.get(a, 0.0) / n_main for a in arch.arrays}
@@ -468,7 +468,8 @@ def _einsum_compute(c: EinsumCost, e: EinsumInfo, arr: Array, svars, ext, inst) 
     used: list[str] = []
     factor = 1.0
     for d, want in zip(arr.shape, svars):
-        v = want if (want in e.space and want not in used) else None
+        # a recurrence's iterative variable is sequential: never spread over PEs
+        v = want if (want in e.space and want not in used and want != e.iter_var) else None
         if v is None:
             cands = [x for x in e.space if x not in used and x != e.iter_var and ext[x] > 1]
             if want is None and cands:
@@ -536,17 +537,21 @@ def _classes(cm: CascadeModel, plan: Plan) -> dict[str, str]:
     return out
 
 
+def _tile_extent(cm: CascadeModel, v: str, q, p0: int, chunk: int, ext) -> int:
+    """Extent of variable v in one streamed tile: a chunk of the sequence rank (outer
+    partitions: one), P0 queries, everything else whole."""
+    if v in cm.seq_vars:
+        return 1 if v in cm.seq_outer else chunk
+    if v == q:
+        return p0
+    return ext[v]
+
+
 def _view_base(cm: CascadeModel, t: str) -> str:
     for e in cm.einsums:
         if e.name == t and e.view_of:
             return e.view_of
     return t
-
-
-def _input_reuse(cm, plan, t) -> str:
-    """How often an input is read: once, or once per query block."""
-    meta = cm.tensors[t]
-    return "once" if plan.query in meta.axes else "per_block"
 
 
 def _accumulated(cm: CascadeModel, t: str) -> bool:
@@ -577,24 +582,27 @@ def _query_blocks(cm, arch, mp, plan, ext, cls, per_query, chunk, p0, n_q, size,
     alloc: list[dict] = []
     base = 0.0
     shared = 0.0
+    phase_fibers = {t for t in cm.fibers if einsum_set is not None}
     for t in inputs:
         meta = cm.tensors[t]
         has_q = q in meta.axes
         has_s = bool(set(meta.axes) & cm.seq_vars)
+        if t in phase_fibers and sum(1 for e in E for a in e.reads
+                                     if _view_base(cm, a.tensor) == t) > 1:
+            continue  # loaded once into its fiber buffer (below)
         if has_q and not has_s:
             w = per_query(t)
             base += w
             alloc.append({"tensor": t, "role": "input rows (resident per query)",
                           "words_per_query": w})
         else:
-            w = math.prod((chunk if v in cm.seq_vars else (p0 if v == q else ext[v]))
+            w = math.prod(_tile_extent(cm, v, q, p0, chunk, ext)
                           for v in meta.plain_axes if v not in plan.batch)
             shared += w
             alloc.append({"tensor": t, "role": "streamed tile", "words": w})
     for t in touched:
         c = cls.get(t)
-        if c in ("state", "perquery") or (c == "output" and _accumulated(cm, t)) or \
-                (c == "perquery"):
+        if c in ("state", "perquery") or (c == "output" and _accumulated(cm, t)):
             if t in inputs:
                 continue
             w = per_query(t)
@@ -603,8 +611,14 @@ def _query_blocks(cm, arch, mp, plan, ext, cls, per_query, chunk, p0, n_q, size,
                                                  "per-query result", "output":
                                                  "output accumulators"}[c],
                           "words_per_query": w})
-    # multi-pass fibers: the most that must survive any pass boundary
-    fibers = [t for t in cm.fibers if t in touched]
+    # multi-pass fibers: the most that must survive any pass boundary; in a phase, only
+    # those the phase itself reads in several passes (the others cross it through DRAM)
+    readers: dict[str, int] = {}
+    for e in E:
+        for t in {_view_base(cm, a.tensor) for a in e.reads}:
+            readers[t] = readers.get(t, 0) + 1
+    fibers = [t for t in cm.fibers if t in touched and (einsum_set is None or
+                                                        readers.get(t, 0) > 1)]
     fiber_pq = 0.0
     live_at: dict[int, list[str]] = {}
     for t in fibers:
@@ -614,13 +628,11 @@ def _query_blocks(cm, arch, mp, plan, ext, cls, per_query, chunk, p0, n_q, size,
     for k, ts in live_at.items():
         fiber_pq = max(fiber_pq, sum(per_query(t) for t in ts))
     fiber_names = sorted({t for ts in live_at.values() for t in ts})
-    spill_full = sum((cm.tensor_passes[t] - 1 + 1) * size(t) * wb for t in fibers)
 
     def fits(p1: int, frac: float) -> bool:
         return p1 * p0 * (base + frac * fiber_pq) + shared <= cap
 
-    divs = sorted({d for i in range(1, int(math.isqrt(n_q)) + 1) if n_q % i == 0
-                   for d in (i, n_q // i)}, reverse=True)
+    divs = _divisors(n_q)
 
     def largest(frac: float) -> int | None:
         if mp.query_block is not None:
@@ -650,13 +662,13 @@ def _query_blocks(cm, arch, mp, plan, ext, cls, per_query, chunk, p0, n_q, size,
 
     plans = []
     p1 = largest(1.0)
-    if p1 is not None and (fiber_pq == 0 or mp.spill in ("auto", "never")):
+    if p1 is not None and (fiber_pq == 0 or mp.spill in ("auto", "never", "partial")):
         plans.append(("fit", p1, 0.0))
-    if fiber_pq > 0 and mp.spill in ("auto", "partial"):
+    if fiber_pq > 0 and mp.spill in ("auto", "partial") and p1 is None:
         one = mp.query_block or 1
         avail = cap - shared - one * p0 * base
         frac_on = max(0.0, min(1.0, avail / (one * p0 * fiber_pq)))
-        if 0.0 < frac_on < 1.0 or (mp.spill == "partial" and frac_on < 1.0 and avail >= 0):
+        if 0.0 < frac_on < 1.0 or (mp.spill == "partial" and avail >= 0):
             plans.append(("partial", one, 1.0 - frac_on))
     if fiber_pq > 0 and mp.spill in ("auto", "full"):
         pf = largest(0.0)
@@ -683,11 +695,12 @@ def _query_blocks(cm, arch, mp, plan, ext, cls, per_query, chunk, p0, n_q, size,
             best = (key, name, p1v, sp, tb, by)
     _, name, p1v, sp, tb, by = best
     on_frac = 1.0 - sp
-    for t in fiber_names:
-        if on_frac > 0:
-            alloc.append({"tensor": t, "role": "multi-pass fiber" + (
-                f" ({on_frac:.1%} on chip, rest spilled)" if sp else ""),
-                          "words_per_query": per_query(t) * on_frac})
+    if fiber_names and on_frac > 0:
+        alloc.append({"tensor": "/".join(fiber_names),
+                      "role": "multi-pass fiber" + ("s (in place)" if len(fiber_names) > 1
+                                                    else "")
+                      + (f", {on_frac:.1%} on chip" if sp else ""),
+                      "words_per_query": fiber_pq * on_frac})
     used_words = p1v * p0 * (base + on_frac * fiber_pq) + shared
     for a in alloc:
         if "words_per_query" in a:
@@ -700,6 +713,25 @@ def _query_blocks(cm, arch, mp, plan, ext, cls, per_query, chunk, p0, n_q, size,
                        "queries_resident": p1v * p0, "plan": name}}
 
 
+def _divisors(n: int) -> list[int]:
+    """Divisors of n, largest first, from its factorization over primes below 1000 (any
+    cofactor left is treated as one prime): the cost does not grow with n."""
+    factors: dict[int, int] = {}
+    r = n
+    p = 2
+    while p < 1000 and r > 1:
+        while r % p == 0:
+            factors[p] = factors.get(p, 0) + 1
+            r //= p
+        p += 1 if p == 2 else 2
+    if r > 1:
+        factors[r] = factors.get(r, 0) + 1
+    divs = [1]
+    for f, k in factors.items():
+        divs = [d * f ** i for d in divs for i in range(k + 1)]
+    return sorted(divs, reverse=True)
+
+
 def _busy(costs) -> dict[str, float]:
     out: dict[str, float] = {}
     for c in costs:
@@ -708,7 +740,7 @@ def _busy(costs) -> dict[str, float]:
     return out
 
 
-def _stages(cm, plan, costs, n_main) -> None:
+def _stages(cm, plan, costs) -> None:
     """Software-pipeline stages: a consumer on another array runs one epoch later than its
     producer (as soon as possible), then work is sunk as late as its consumers allow."""
     arr = {c.index: c.array for c in costs}

@@ -63,9 +63,10 @@ def rank_vars(prog: Program, rank: str) -> RankVars:
                 if not vs or vs == (axis,):
                     continue
                 new = [v for v in vs if v not in found]
-                if new:
-                    found.update(new)
-                    changed = True
+                if not new:
+                    continue  # e.g. `BO[f, p // P0, p % P0]` reading a partition back
+                found.update(new)
+                changed = True
                 if len(vs) > 1 or vs[0] != axis:
                     children.setdefault(axis, vs)
     return RankVars(rank, root, frozenset(found), children)

@@ -764,8 +764,11 @@ def _affine_problem(x: N.Expr) -> str | None:
         if isinstance(n, N.BinOp):
             if n.op == "*" and has_var(n.left) and has_var(n.right):
                 return "an index must be affine in rank variables (a product of two variables is not)"
-            if n.op in ("/", "//", "%") and (has_var(n.left) or has_var(n.right)):
-                return f"an index must be affine in rank variables ('{n.op}' of a variable is not)"
+            if n.op == "/" and (has_var(n.left) or has_var(n.right)):
+                return "an index must be affine in rank variables ('/' of a variable is not)"
+            if n.op in ("//", "%") and has_var(n.right):
+                return (f"an index may divide a variable expression by a constant ('{n.op}'), "
+                        "but not by a variable")
         if isinstance(n, N.Call) and any(has_var(a) for a in n.args):
             return f"an index must be affine in rank variables ('{n.fn}' of a variable is not)"
     return None

@@ -13,8 +13,10 @@ any `M`: the last tile's points past `M` are absent (they read outside `K`), and
 Einsum whose value would be present there anyway (a bias computed from `m`) gets the
 filter `m1 * M0 + m0 < M`, so the result is unchanged.
 
-Legality: the rank must not be an axis of an output (that would change the interface) or
-be read at a shifted index of an intermediate tensor (`T[m + 1]` would cross tiles).
+An output keeps its interface: it is computed tiled under a new name and read back,
+`AV[f, p] = BAV[f, p // P0, p % P0]` (a quasi-affine read). Legality: the rank must not be
+read at a shifted index of an intermediate tensor (`T[m + 1]` would cross tiles) or be
+iterative.
 """
 from __future__ import annotations
 
@@ -36,10 +38,6 @@ def partition(prog: Program, rank: str, tile: int) -> Program:
                      prog.rank(rank).span)
     decl = prog.rank(rank)
     v = decl.var
-    for o in prog.outputs:
-        if v in o.indices:
-            raise refuse(prog, NAME, f"rank {rank} is an axis of output '{o.name}': "
-                         "partitioning it would change the cascade's interface", o.span)
     names = used_names(prog)
     r0 = fresh(names, rank + "0")
     r1 = fresh(names, rank + "1")
@@ -51,6 +49,9 @@ def partition(prog: Program, rank: str, tile: int) -> Program:
     inputs_with = {d.name: d.indices.index(v) for d in prog.inputs if v in d.indices}
     split = {n for n, info in prog.tensors.items()
              if info.kind != "input" and v in info.axes}
+    # an output keeps its interface: it is computed tiled as `B<name>` and read back by
+    # `O[.., p, ..] = BO[.., p // P0, p % P0, ..]`
+    renamed = {o.name: fresh(names, "B" + o.name) for o in prog.outputs if v in o.indices}
 
     copies: dict[str, str] = {}
     new: list[N.Einsum] = []
@@ -91,7 +92,7 @@ def partition(prog: Program, rank: str, tile: int) -> Program:
             out = []
             for j, x in enumerate(a.indices):
                 out.extend([N.Var(v1), N.Var(v0)] if j == k else [x])
-            return N.Access(a.tensor, tuple(out))
+            return N.Access(renamed.get(a.tensor, a.tensor), tuple(out))
         return None
 
     for e in prog.einsums:
@@ -132,13 +133,24 @@ def partition(prog: Program, rank: str, tile: int) -> Program:
                      for r in e.annotations)
         rhs = rewrite(e.rhs)
         filt = rewrite(e.filter) if e.filter is not None else None
-        ne = replace(e, indices=tuple(idx), rhs=rhs, annotations=anns, filter=filt)
+        ne = replace(e, tensor=renamed.get(e.tensor, e.tensor), indices=tuple(idx), rhs=rhs,
+                     annotations=anns, filter=filt)
         if v in e.space:
             if _present_past_end(rhs, masked):  # e.g. a bias computed from `m`
                 bound = N.BinOp("<", flat, N.Extent(rank))
                 ne = replace(ne, filter=bound if filt is None else N.BinOp("and", filt, bound))
             masked.add(e.tensor)
         new.append(ne)
+    for o in prog.outputs:
+        if o.name in renamed:
+            idx = []
+            for ax in o.indices:
+                if ax == v:
+                    idx += [N.BinOp("//", N.Var(v), N.Extent(r0)),
+                            N.BinOp("%", N.Var(v), N.Extent(r0))]
+                else:
+                    idx.append(N.Var(ax))
+            new.append(einsum(o.name, list(o.indices), N.Access(renamed[o.name], tuple(idx))))
     ranks = list(prog.ranks)
     pos = ranks.index(decl) + 1
     ranks[pos:pos] = [N.RankDecl(r0, N.Num(float(tile))),
