@@ -120,6 +120,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_compile(args) -> int:
+    if args.target == "spatial":
+        from .backends.spatial.cli import compile_spatial
+        return compile_spatial(args)
     prog = _load(args.spec)
     _print_warnings(prog)
     text = prog.emit(target=args.target, opt=args.opt, transform=args.transform)
@@ -225,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     transform_opts(c)
     c.add_argument("--target", default="numpy")
     c.add_argument("-o", "--output")
+    from .backends.spatial.cli import add_compile_options, register as register_spatial
+    add_compile_options(c)  # --arch, --mapping, --emit, --shape (the spatial target)
     c.set_defaults(fn=cmd_compile)
 
     g = sub.add_parser("graph", help="print the dataflow graph")
@@ -250,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("print", help="print the checked spec back as canonical .ein")
     pr.add_argument("spec")
     pr.set_defaults(fn=cmd_print)
+
+    register_spatial(sub)  # simulate, explore
 
     b = sub.add_parser("bench", help="time a target against torch SDPA and naive NumPy")
     run_opts(b)

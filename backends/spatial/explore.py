@@ -524,6 +524,12 @@ def _plots(cfg: Config, outdir: Path, attn: list, e2e: list, pareto: list,
         jobs_list.append((cfg, outdir, ("pareto.png", pareto, (), "")))
     if jobs > 1 and len(jobs_list) > 1:
         import multiprocessing
+
+        import matplotlib.pyplot as plt
+        warm = plt.figure(figsize=(1, 1))   # load fonts once, before the workers fork
+        warm.text(0.5, 0.5, "1K")
+        warm.canvas.draw()
+        plt.close(warm)
         try:
             ctx = multiprocessing.get_context("fork")
         except ValueError:
