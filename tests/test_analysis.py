@@ -278,3 +278,22 @@ def test_kv_tiles_are_shared_across_queries():
     assert fp.query_vars == ("p",)
     plan = a.to_dict()["traffic"]["M"]["schedule"]["plans"]["buffer"]
     assert plan["units_in_flight"] > 100  # only the per-query state scales with the tile
+
+
+def test_fiber_recomputed_from_a_revisited_one_is_buffered():
+    a = einsumc.load("rank K\ninput A[k]\noutput Z[k]\nY = A[k]\nX[k] = A[k] * 2\n"
+                     "Z[k] = X[k] / Y\n").analyze(rank="K")
+    rp = a.ranks["K"]
+    assert rp.passes == 2 and rp.tensor_passes["X"] == 2  # written in pass 1, read in 2
+    assert a.footprints["K"].buffered_fibers == {"X": sympy.Symbol("K", integer=True,
+                                                                   positive=True)}
+    assert rp.chains[0].source == "A" and rp.chains[0].tensor == "X"
+
+
+def test_groups_never_mix_passes():
+    a = einsumc.load("rank K\ninput A[k], B[k], C[k]\noutput Z, W[k]\nY = A[k] * B[k]\n"
+                     "Z = Y * C[k]\nW[k] = A[k] * Y\n").analyze(rank="K")
+    rp = a.ranks["K"]
+    for g in rp.groups():
+        assert len({rp.einsum_pass[i] for i in g}) == 1
+    assert rp.groups() == [[0], [1], [2]]

@@ -81,7 +81,8 @@ class Analysis:
                      "tensor_passes": {}, "groups": {}, "completions": {}, "footprint": {},
                      "traffic": {}}
         for r, rp in self.ranks.items():
-            out["chains"][r] = [{"tensor": c.tensor, "first_read": self._where(c.first_reader),
+            out["chains"][r] = [{"tensor": c.tensor, "source": c.source or c.tensor,
+                                 "first_read": self._where(c.first_reader),
                                  "completion": self._where(c.completion),
                                  "reread": self._where(c.reader)} for c in rp.chains]
             out["einsum_passes"][r] = [{**self._where(i), "pass": rp.einsum_pass[i],
@@ -96,9 +97,10 @@ class Analysis:
             out["footprint"][r] = {
                 "unit_ranks": list(fp.unit_vars),
                 "minimum_elements_per_unit": str(fp.minimum),
-                "per_group": [{"pass": k + 1, "per_unit": str(u), "shared": str(s)}
-                              for k, (u, s) in enumerate(zip(fp.per_group_unit,
-                                                             fp.per_group_shared))],
+                "per_group": [{"pass": rp.einsum_pass[g[0]], "einsums": list(g),
+                               "per_unit": str(u), "shared": str(s)}
+                              for g, u, s in zip(rp.groups(), fp.per_group_unit,
+                                                 fp.per_group_shared)],
                 "buffered_fibers": {t: str(v) for t, v in fp.buffered_fibers.items()},
                 "effective_extent": {t: str(v) for t, v in fp.effective_extent.items()
                                      if t in fp.buffered_fibers},
@@ -155,9 +157,12 @@ class Analysis:
             lines.append("  (* completes a reduction over the whole rank)")
             for c in rp.chains:
                 ln = lambda i: self.program.einsums[i].span.line  # noqa: E731
-                lines.append(f"  extra pass: {c.tensor} is read whole by line {ln(c.first_reader)}, "
+                src = c.source or c.tensor
+                again = (f"reads {c.tensor} again" if src == c.tensor else
+                         f"reads {c.tensor}, computed from {src}, again")
+                lines.append(f"  extra pass: {src} is read whole by line {ln(c.first_reader)}, "
                              f"line {ln(c.completion)} completes its reduction, and line "
-                             f"{ln(c.reader)} reads {c.tensor} again")
+                             f"{ln(c.reader)} {again}")
             multi = {t: k for t, k in rp.tensor_passes.items() if k > 1}
             if multi:
                 lines.append("  fibers read in several passes: "

@@ -10,10 +10,11 @@ needed the whole fiber of that same tensor to complete. The rules (`fusemax.md` 
    carries and whose whole extent it summarizes: reduced away by its producer, inherited
    from what it reads, or read at a final iterate (`RNV[f, M1, p]`). A recurrence step
    (`m1+1`) is not a reduction.
-2. *Completion point*: an Einsum whose output covers the whole rank while none of the
-   tensors it reads already did (Cascade 4's `GM` and `SD`; Cascade 5's final `AV`). The
-   final iterate of a recurrence over the rank (`RM[M1, p]`) is complete too: an Einsum
-   that reads it depends on the whole loop, as on a completion point at the recurrence.
+2. *Completion point*: an Einsum whose output covers the whole rank and where that
+   reduction happens: it reduces a variable of the rank, or reads a final iterate
+   (Cascade 4's `GM`, `SD` and `AV`; Cascade 5's final `AV`). The final iterate of a
+   recurrence over the rank (`RM[M1, p]`) is complete too: an Einsum that reads it
+   depends on the whole loop, as on a completion point at the recurrence.
 3. *Pass of an Einsum*: at least the pass of everything it depends on; and one more than
    a completion point it depends on when it reads a whole fiber that the completing
    traversal already visited — the fiber itself, or one it was computed from (`SN` from
@@ -47,6 +48,7 @@ class Chain:
     first_reader: int
     completion: int
     reader: int
+    source: str = ""  # the fiber the first reader read, when `tensor` was computed from it
 
 
 @dataclass
@@ -70,11 +72,10 @@ class RankPasses:
         a completed reduction it does not revisit (`Z = Y * C[k]` after `Y = A[k] * B[k]`)
         still starts a new traversal (a sweep); groups follow sweeps, which refine passes.
         """
-        key = self.einsum_sweep or self.einsum_pass
-        out: dict[int, list[int]] = {}
-        for i, p in sorted(key.items()):
-            out.setdefault(p, []).append(i)
-        return [out[p] for p in sorted(out)]
+        out: dict[tuple[int, int], list[int]] = {}
+        for i, p in sorted(self.einsum_pass.items()):
+            out.setdefault((self.einsum_sweep.get(i, p), p), []).append(i)
+        return [out[k] for k in sorted(out)]
 
 
 def _reads(e: N.Einsum):
@@ -189,17 +190,24 @@ def analyze_rank(prog: Program, rank: str, graph=None) -> RankPasses:
                 if shared and passes[c] + 1 > p:
                     p = passes[c] + 1
                     first = [j for j in sorted(anc[c] | {c}) if set(full_reads[j]) & shared]
-                    best = Chain(t, (first or [c])[-1], c, i)
+                    j = (first or [c])[-1]
+                    src = t if t in full_reads[j] else sorted(set(full_reads[j]) & shared)[0] \
+                        if set(full_reads[j]) & shared else t
+                    best = Chain(t, j, c, i, src)
         passes[i] = p
         if best is not None:
             chains.append(best)
     readers = [i for i in range(len(einsums)) if full_reads[i]]
     total = max((passes[i] for i in readers), default=0)
-    tensor_passes: dict[str, int] = {}
+    touched: dict[str, set[int]] = {}  # the passes that read a fiber whole
     for i in readers:
         for t in full_reads[i]:
-            tensor_passes.setdefault(t, set()).add(passes[i])
-    tensor_passes = {t: len(s) for t, s in sorted(tensor_passes.items())}
+            touched.setdefault(t, set()).add(passes[i])
+    for i, e in enumerate(einsums):  # ... or write it: a fiber written in one pass and read
+        if e.kind == "plain" and e.tensor in touched:  # in a later one stays live across
+            if rv.covers(axes_vars(e.tensor) & rv.vars):
+                touched[e.tensor].add(passes[i])
+    tensor_passes = {t: len(s) for t, s in sorted(touched.items())}
     return RankPasses(rank, rv, total, passes, full_reads, tuple(completions),
                       sorted(chains, key=lambda c: c.reader), tensor_passes, sweeps)
 
