@@ -56,12 +56,6 @@ def _span(s) -> tuple | None:
     return None if s is None else (s.line, s.col, s.start, s.end)
 
 
-def _reads(e: N.Einsum) -> list[N.Access]:
-    out = []
-    for x in (e.rhs, e.filter):
-        if x is not None:
-            out.extend(a for a in N.walk(x) if isinstance(a, N.Access))
-    return out
 
 
 def _skippable(prog: Program, var: str, ids: list[int], full: set[str]) -> tuple[int, ...]:
@@ -192,7 +186,7 @@ def lower(prog: Program) -> dict:
             a.tensor in open_loop[2] and prog.tensors[a.tensor].iter_axis is not None
             and _iterate_kind(a.indices[prog.tensors[a.tensor].iter_axis],
                               prog.tensors[a.tensor].axes[prog.tensors[a.tensor].iter_axis])
-            == "final" for a in _reads(e))
+            == "final" for a in N.reads(e))
         if v is not None:
             if open_loop is not None and open_loop[0] == v and not reads_final:
                 open_loop[1].append(i)
@@ -202,7 +196,7 @@ def lower(prog: Program) -> dict:
                     blocks.append(open_loop)
                 open_loop = [v, [i], {e.tensor}]
             continue
-        if open_loop is not None and any(a.tensor in open_loop[2] for a in _reads(e)):
+        if open_loop is not None and any(a.tensor in open_loop[2] for a in N.reads(e)):
             blocks.append(open_loop)
             open_loop = None
         blocks.append(("stmt", i))
@@ -227,7 +221,7 @@ def lower(prog: Program) -> dict:
             defined_in[e.tensor] = block_of[i]
     full: set[str] = set()
     for i, e in enumerate(einsums):
-        for a in _reads(e):
+        for a in N.reads(e):
             t = a.tensor
             info = prog.tensors[t]
             if info.iter_axis is not None:
@@ -255,7 +249,7 @@ def lower(prog: Program) -> dict:
     stmt_deps = []
     for e in einsums:
         s = set(e.space) | set(e.lhs_vars)
-        for a in _reads(e):
+        for a in N.reads(e):
             s |= dep_vars.get(a.tensor, set())
         dep_vars[e.tensor] = dep_vars.get(e.tensor, set()) | s
         stmt_deps.append(s)
@@ -269,7 +263,7 @@ def lower(prog: Program) -> dict:
             continue
         ok = True
         for e in einsums:
-            for a in _reads(e):
+            for a in N.reads(e):
                 axes = prog.tensors[a.tensor].axes
                 for k, ix in enumerate(a.indices):
                     mentions = c in N.value_vars(ix)
@@ -305,7 +299,7 @@ def lower(prog: Program) -> dict:
             "store": "full" if e.tensor in full else "slice",
             "loop_vars": (loop_of[i],) if i in loop_of else (),
             "dep_vars": tuple(sorted(stmt_deps[i])),
-            "reads": tuple(sorted({a.tensor for a in _reads(e)})),
+            "reads": tuple(sorted({a.tensor for a in N.reads(e)})),
             "span": _span(e.span),
         })
     plan_blocks = []
@@ -320,7 +314,7 @@ def lower(prog: Program) -> dict:
     integer_params = set()
     for e in einsums:
         exprs = [e.filter] if e.filter is not None else []
-        exprs += [ix for a in _reads(e) for ix in a.indices]
+        exprs += [ix for a in N.reads(e) for ix in a.indices]
         for x in exprs:
             integer_params |= {n.name for n in N.walk(x) if isinstance(n, N.Param)}
     dtypes = {d.dtype for d in prog.inputs + prog.outputs}

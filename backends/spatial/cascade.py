@@ -232,15 +232,6 @@ def _build(prog: Program) -> CascadeModel:
                         span, iter_vars)
 
 
-def _factors(x: N.Expr, out: list, recip: bool = False) -> None:
-    if isinstance(x, N.BinOp) and x.op == "*":
-        _factors(x.left, out, recip)
-        _factors(x.right, out, recip)
-    elif isinstance(x, N.BinOp) and x.op == "/":
-        _factors(x.left, out, recip)
-        _factors(x.right, out, not recip)
-    else:
-        out.append((x, recip))
 
 
 def _is_constant(x: N.Expr) -> bool:
@@ -254,8 +245,7 @@ def _folded_constants(e: N.Einsum, syms) -> dict:
     reds = list(e.reduced)
     if not reds or reds[0].op != "sum":
         return {}
-    facs: list = []
-    _factors(e.rhs, facs)
+    facs = N.factors(e.rhs)
     varying = [f for f in facs if not _is_constant(f[0])]
     consts = [f for f in facs if _is_constant(f[0])]
     if len(varying) < 2 or not consts:

@@ -85,15 +85,6 @@ def _is_constant(x: N.Expr) -> bool:
     return not any(isinstance(n, (N.Var, N.Access)) for n in N.walk(x))
 
 
-def _factors(x: N.Expr, out: list, recip=False) -> None:
-    if isinstance(x, N.BinOp) and x.op == "*":
-        _factors(x.left, out, recip)
-        _factors(x.right, out, recip)
-    elif isinstance(x, N.BinOp) and x.op == "/":
-        _factors(x.left, out, recip)
-        _factors(x.right, out, not recip)
-    else:
-        out.append((x, recip))
 
 
 def einsum_counts(e: N.Einsum, ext) -> dict[str, sympy.Expr]:
@@ -110,8 +101,7 @@ def einsum_counts(e: N.Einsum, ext) -> dict[str, sympy.Expr]:
         return counts
     cur = set(space)
     if reds and reds[0].op == "sum":
-        facs: list = []
-        _factors(e.rhs, facs)
+        facs = N.factors(e.rhs)
         varying = [(f, r) for f, r in facs if not _is_constant(f)]
         consts = [(f, r) for f, r in facs if _is_constant(f)]
         if len(varying) >= 2:  # a contraction: MACs over the space

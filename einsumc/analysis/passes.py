@@ -78,12 +78,6 @@ class RankPasses:
         return [out[k] for k in sorted(out)]
 
 
-def _reads(e: N.Einsum):
-    for x in (e.rhs, e.filter):
-        if x is not None:
-            for a in N.walk(x):
-                if isinstance(a, N.Access):
-                    yield a
 
 
 def analyze_rank(prog: Program, rank: str, graph=None) -> RankPasses:
@@ -101,7 +95,7 @@ def analyze_rank(prog: Program, rank: str, graph=None) -> RankPasses:
     full_reads: dict[int, tuple[str, ...]] = {}
     completions: list[int] = []
     for i, e in enumerate(einsums):
-        reads = list(_reads(e))
+        reads = list(N.reads(e))
         c: set[str] = set()
         for a in reads:
             c |= cov.get(a.tensor, set())
@@ -148,7 +142,7 @@ def analyze_rank(prog: Program, rank: str, graph=None) -> RankPasses:
     final_reads: dict[int, set[int]] = {}
     for i in g.topo_einsums():
         got: set[int] = set()
-        for a in _reads(einsums[i]):
+        for a in N.reads(einsums[i]):
             info = prog.tensors[a.tensor]
             if info.iter_axis is not None and isinstance(a.indices[info.iter_axis], N.Extent) \
                     and rv.covers(cov.get(a.tensor, set()) | {info.iter_var}):

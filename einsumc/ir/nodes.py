@@ -125,6 +125,24 @@ def walk(e: Expr) -> Iterator[Expr]:
         yield from walk(c)
 
 
+def factors(e: Expr) -> list[tuple[Expr, bool]]:
+    """A product `a * b / c` as its factors with a reciprocal flag: [(a, F), (b, F), (c, T)]."""
+    out: list[tuple[Expr, bool]] = []
+
+    def go(x: Expr, recip: bool) -> None:
+        if isinstance(x, BinOp) and x.op == "*":
+            go(x.left, recip)
+            go(x.right, recip)
+        elif isinstance(x, BinOp) and x.op == "/":
+            go(x.left, recip)
+            go(x.right, not recip)
+        else:
+            out.append((x, recip))
+
+    go(e, False)
+    return out
+
+
 def value_vars(e: Expr) -> set[str]:
     """Rank variables an expression depends on (through indices and as values)."""
     return {n.name for n in walk(e) if isinstance(n, Var)}
@@ -228,6 +246,15 @@ class Stop:
 
     cond: Expr
     span: Span | None = _SPAN
+
+
+def reads(e: Einsum) -> list[Access]:
+    """Every tensor read of an Einsum (right-hand side and filter), in order."""
+    out: list[Access] = []
+    for x in (e.rhs, e.filter):
+        if x is not None:
+            out.extend(a for a in walk(x) if isinstance(a, Access))
+    return out
 
 
 Statement = Union[RankDecl, TensorDecl, ParamDecl, Einsum, Stop]

@@ -57,12 +57,9 @@ def used_names(prog: Program) -> set[str]:
     return names
 
 
-def reads(e: N.Einsum) -> list[N.Access]:
-    out = []
-    for x in (e.rhs, e.filter):
-        if x is not None:
-            out.extend(a for a in N.walk(x) if isinstance(a, N.Access))
-    return out
+
+
+reads = N.reads
 
 
 def _iterate_of(a: N.Access, iter_axes: dict[str, int]) -> str | None:

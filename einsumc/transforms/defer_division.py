@@ -24,15 +24,6 @@ from .base import at, describe, einsum, fresh, lhs_access, map_expr, rebuild, re
 NAME = "defer-division"
 
 
-def _factors(x: N.Expr, out: list, recip: bool = False) -> None:
-    if isinstance(x, N.BinOp) and x.op == "*":
-        _factors(x.left, out, recip)
-        _factors(x.right, out, recip)
-    elif isinstance(x, N.BinOp) and x.op == "/":
-        _factors(x.left, out, recip)
-        _factors(x.right, out, not recip)
-    else:
-        out.append((x, recip))
 
 
 def _product(factors: list) -> N.Expr:
@@ -64,8 +55,7 @@ def candidates(prog: Program):
             rd = _readers(prog, e.tensor)
             if len(rd) == 1:
                 c = prog.einsums[rd[0]]
-                facs: list = []
-                _factors(c.rhs, facs)
+                facs = N.factors(c.rhs)
                 hits = [f for f, r in facs if isinstance(f, N.Access) and f.tensor == e.tensor
                         and not r]
                 sv = _sum_vars(c)
@@ -78,8 +68,7 @@ def candidates(prog: Program):
         # one Einsum: sum over r of (... / D) with D constant along r
         sv = _sum_vars(e)
         if sv and e.filter is None and e.kind == "plain":
-            facs = []
-            _factors(e.rhs, facs)
+            facs = N.factors(e.rhs)
             dens = [f for f, r in facs if r and not (N.value_vars(f) & sv)
                     and any(isinstance(n, N.Access) for n in N.walk(f))]
             nums = [f for f, r in facs if not r]
@@ -96,8 +85,7 @@ def blockers(prog: Program) -> list:
                 and e.tensor not in outputs):
             for j in _readers(prog, e.tensor):
                 c = prog.einsums[j]
-                facs: list = []
-                _factors(c.rhs, facs)
+                facs = N.factors(c.rhs)
                 ok = _sum_vars(c) and any(isinstance(f, N.Access) and f.tensor == e.tensor
                                           and not r for f, r in facs) and c.filter is None
                 if not ok:
@@ -134,8 +122,7 @@ def defer_division(prog: Program, required: bool = True) -> Program:
             return map_expr(x, lambda n: N.Var(sub.get(n.name, n.name))
                             if isinstance(n, N.Var) else None)
         num, den = rename(num), rename(den)
-        facs: list = []
-        _factors(c.rhs, facs)
+        facs = N.factors(c.rhs)
         others = [(f, r) for f, r in facs if not (isinstance(f, N.Access) and f.tensor == a.tensor)]
         new_name = fresh(names, _join([num] + [f for f, r in others if not r]) or c.tensor + "N")
         inner = replace(c, tensor=new_name, rhs=_product([(num, False)] + others))
@@ -146,8 +133,7 @@ def defer_division(prog: Program, required: bool = True) -> Program:
     else:
         e = einsums[i]
         sv = _sum_vars(e)
-        facs = []
-        _factors(e.rhs, facs)
+        facs = N.factors(e.rhs)
         dens = [(f, r) for f, r in facs if r and not (N.value_vars(f) & sv)
                 and any(isinstance(n, N.Access) for n in N.walk(f))]
         rest = [(f, r) for f, r in facs if (f, r) not in dens]

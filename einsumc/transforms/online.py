@@ -43,15 +43,6 @@ def _ins(vars_: list, item) -> list:
     return list(vars_[:-1]) + [item] + list(vars_[-1:]) if vars_ else [item]
 
 
-def _factors(x, out, recip=False):
-    if isinstance(x, N.BinOp) and x.op == "*":
-        _factors(x.left, out, recip)
-        _factors(x.right, out, recip)
-    elif isinstance(x, N.BinOp) and x.op == "/":
-        _factors(x.left, out, recip)
-        _factors(x.right, out, not recip)
-    else:
-        out.append((x, recip))
 
 
 def find(prog: Program):
@@ -81,8 +72,7 @@ def find(prog: Program):
             for ci, c in enumerate(prog.einsums):
                 if not any(a.tensor == prog.einsums[si].tensor for a in reads(c)):
                     continue
-                facs: list = []
-                _factors(c.rhs, facs)
+                facs = N.factors(c.rhs)
                 hits = [f for f, rcp in facs if isinstance(f, N.Access)
                         and f.tensor == prog.einsums[si].tensor and not rcp]
                 ok = (c.kind == "plain" and c.reduced and c.reduced[0].op == "sum"
