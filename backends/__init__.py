@@ -12,9 +12,10 @@ import importlib
 _TARGETS = {
     "numpy": ("einsumc.backends.numpy.target", "NumpyTarget"),
     "spatial": ("einsumc.backends.spatial.target", "SpatialTarget"),
+    "triton": ("einsumc.backends.triton.target", "TritonTarget"),
 }
 #: targets that are planned but not built yet, with the issue that builds them
-PLANNED = {"triton": "the Triton backend (issue #5)"}
+PLANNED: dict[str, str] = {}
 
 
 def available_targets() -> list[str]:

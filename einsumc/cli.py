@@ -124,6 +124,14 @@ def cmd_compile(args) -> int:
         from .backends.spatial.cli import compile_spatial
         return compile_spatial(args)
     prog = _load(args.spec)
+    if args.aot:
+        if args.target != "triton":
+            raise EinsumcError([_plain_error("--aot needs --target triton")])
+        from .backends.triton.aot import aot_report
+        _print_warnings(prog)
+        sys.stdout.write(aot_report(prog.transformed(args.opt, args.transform), args.aot,
+                                    dtype=args.dtype or "f16"))
+        return 0
     _print_warnings(prog)
     text = prog.emit(target=args.target, opt=args.opt, transform=args.transform)
     if args.output:
@@ -187,6 +195,9 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.target == "triton":
+        from .backends.triton.bench import bench_triton
+        return bench_triton(args)
     from .bench import run_bench
     return run_bench(args)
 
@@ -230,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output")
     from .backends.spatial.cli import add_compile_options, register as register_spatial
     add_compile_options(c)  # --arch, --mapping, --emit, --shape (the spatial target)
+    c.add_argument("--aot", metavar="ARCHS",
+                   help="triton: compile ahead of time for e.g. sm_90,sm_80 and report "
+                        "registers, spills, shared memory and MMA use")
+    c.add_argument("--dtype", choices=("f16", "bf16", "f32"),
+                   help="triton --aot: the input dtype to compile for (default f16)")
     c.set_defaults(fn=cmd_compile)
 
     g = sub.add_parser("graph", help="print the dataflow graph")

@@ -61,8 +61,9 @@ def test_run_bad_shape_and_target(capsys):
     assert main(["run", str(C5), "--shape", "M=100,P=4"]) == 1  # M1 = M / M0 with M0 = 64
     err = capsys.readouterr().err
     assert "cascade5_1pass.ein:" in err and "not" in err
-    assert main(["run", str(C5), "--shape", "M=128,P=4", "--target", "triton"]) == 1
-    assert "not implemented yet" in capsys.readouterr().err
+    assert main(["run", str(C5), "--shape", "M=128,P=4", "--target", "bogus"]) == 1
+    assert "unknown target 'bogus'; available targets: numpy, spatial, triton" in \
+        capsys.readouterr().err
     assert main(["run", str(C5), "--shape", "X=3"]) == 1
     assert "not a rank" in capsys.readouterr().err
 
@@ -148,3 +149,11 @@ def test_bench_runs_and_checks_against_sdpa(capsys):
     assert "torch SDPA (CPU)" in out and "naive NumPy" in out and "machine:" in out
     err = float(out.split("max abs err vs sdpa: ")[1].split()[0])
     assert err < 1e-5
+
+
+def test_run_triton_target_compares_with_numpy(capsys):
+    assert main(["run", str(C5), "--shape", "M=128,P=5", "--target", "triton",
+                 "--compare", "numpy"]) == 0
+    out = capsys.readouterr().out
+    err = float(out.split("max abs err ")[1].split(",")[0])
+    assert err < 1e-4

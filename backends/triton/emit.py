@@ -403,7 +403,10 @@ def _launcher(low: Lowering, ks: KernelSource, kname: str) -> list[str]:
     for v, g in low.group.items():
         if g in ("C", "E", "F"):
             r = low.var_rank[v]
-            e(f"    {low.block(v)} = max(16, _npow2(ext[{r!r}]))")
+            if g == "C" and low.sub:
+                e(f"    {low.block(v)} = {low.sub[0]}  # sub-tiles of the tile rank")
+            else:
+                e(f"    {low.block(v)} = max(16, _npow2(ext[{r!r}]))")
     grid_n = " * ".join(f"ext[{low.var_rank[v]!r}]" for v in low.grid_vars) or "1"
     e(f"    n_grid = {grid_n}")
     e("    if n_grid == 0 or " + " or ".join(f"ext[{low.var_rank[v]!r}] == 0"

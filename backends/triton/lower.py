@@ -72,7 +72,7 @@ class Config:
 
 #: the GPU autotuning space (rows x warps x stages); the first is the default
 GPU_CONFIGS = (
-    Config(64, 4, 2), Config(128, 8, 2), Config(128, 4, 3), Config(64, 4, 3), Config(128, 8, 3),
+    Config(64, 4, 2), Config(64, 8, 2), Config(128, 8, 2), Config(64, 4, 3), Config(128, 8, 3),
 )
 DEFAULT = GPU_CONFIGS[0]
 #: the interpreter runs one config: big tiles keep its per-iteration cost low
@@ -278,7 +278,8 @@ class Lowering:
         self.primary = cands[-1] if cands else None
         self.secondary = [v for v in self.row_vars if v != self.primary]
         if not self.row_vars:
-            _fail("no query-like rank to tile the rows of a program by", prog)
+            _fail("no parallel (query-like) rank to tile the rows of a program by: every rank "
+                  "of the outputs is a key-side rank; not supported", prog)
         # constant-extent rows (decode: P = 1) need padding to 16 rows for tl.dot
         self.row_const = None
         if not self._symbolic(self.primary):
@@ -358,7 +359,12 @@ class Lowering:
         g = self.group[v]
         if v == self.it:
             return Val(self.nm("var", v), (), kind="i", loop=True)
-        return Val(self.nm("var", v), (g,) if g else (), kind="i")
+        return Val(self.nm("var", v), (g,) if g else (), kind="i", loop=v in self.loop_vars)
+
+    @property
+    def loop_vars(self) -> set:
+        """Variables whose coordinates change from one loop step to the next."""
+        return {self.it} | ({self.cvar} if getattr(self, "sub", None) else set())
 
     def block(self, v: str) -> str:
         return self.nm("block", v)
@@ -373,6 +379,9 @@ class Lowering:
         if isinstance(x, N.Var):
             return sympy.Symbol("v:" + x.name, integer=True)
         if isinstance(x, N.Extent):
+            c = self._const_rank(x.name)
+            if c is not None:
+                return sympy.Integer(c)
             return sympy.Symbol("n:" + x.name, integer=True, positive=True)
         if isinstance(x, N.Param):
             decl = next(p for p in self.prog.params if p.name == x.name)
@@ -400,7 +409,7 @@ class Lowering:
             s = sympy.expand(self.to_sym(x))
         except _NotAffine:
             return None
-        vs = [v for v in s.free_symbols if v.name.startswith("v:")]
+        vs = sorted((v for v in s.free_symbols if v.name.startswith("v:")), key=lambda v: v.name)
         try:
             poly = sympy.Poly(s, *vs) if vs else None
         except sympy.PolynomialError:
@@ -432,6 +441,8 @@ class Lowering:
                 return self.param(name)
             if kind == "v":
                 return self.var_code(name).code
+            if kind == "b":
+                return name
         if s.is_Add:
             terms = sorted(s.args, key=sympy.default_sort_key)
             out = self.sym_code(terms[0])
@@ -484,7 +495,7 @@ class Lowering:
             return any(self.atom_loop(b) for b in a.mask)
         if isinstance(a, OrOf):
             return any(self.atom_loop(b) for b in a.a | a.b)
-        return self.it in N.value_vars(a)
+        return bool(self.loop_vars & N.value_vars(a))
 
     def is_tile_atom(self, a) -> bool:
         """Atoms that the full-tile analysis decides (they vary with the loop or tile)."""
@@ -518,6 +529,10 @@ class Lowering:
                 out.add(N.BinOp("<", N.Var(v), N.Extent(self.var_rank[v])))
             return frozenset(out)
         ext = self._const_rank(self.var_rank[v])
+        if g == "C" and self.sub:
+            sub, nsub = self.sub
+            return TRUE if sub * nsub == ext else frozenset(
+                {N.BinOp("<", N.Var(v), N.Extent(self.var_rank[v]))})
         if ext is not None and ext >= 16 and ext & (ext - 1) == 0:
             return TRUE  # the block is exactly the extent
         return frozenset({N.BinOp("<", N.Var(v), N.Extent(self.var_rank[v]))})
@@ -801,7 +816,7 @@ class Lowering:
             for v in N.value_vars(ix):
                 if self.group.get(v):
                     gs.add(self.group[v])
-                if v == self.it:
+                if v in self.loop_vars:
                     loop = True
         groups = _canon(gs)
         if order is None:
@@ -1020,7 +1035,12 @@ class Lowering:
         return v, code
 
     # ------------------------------------------------------------------ the kernel
-    def build(self) -> "KernelSource":
+    def build(self, max_tile: int = 64) -> "KernelSource":
+        self.sub = None
+        if self.cvar is not None:
+            m0 = self._const_rank(self.var_rank[self.cvar])
+            if m0 is not None and m0 > max_tile and self.splittable() is None:
+                self.sub = (max_tile, -(-m0 // max_tile))
         self.used_extents: set[str] = set()
         self.used_params: set[str] = set()
         self.int_params: set[str] = set()
@@ -1081,7 +1101,7 @@ class Lowering:
                 em(f"{rn} = {rest} // {ext}")
                 rest = rn
         for v, g in self.group.items():
-            if g in ("C", "E", "F"):
+            if g in ("C", "E", "F") and not (g == "C" and self.sub):
                 em(f"{self.nm('var', v)} = tl.arange(0, {self.block(v)})")
         # ---- prologue statements (loop invariant)
         for e in self.pro:
@@ -1190,23 +1210,28 @@ class Lowering:
                 if a.tensor in self.inputs:
                     out += [x for x in self.bounds(a)[0] if self.is_tile_atom(x)]
         seen, uniq = set(), []
-        for x in out:
+        for x in sorted(out, key=_atom_key):
             if x not in seen:
                 seen.add(x)
                 uniq.append(x)
         return uniq
 
     def box(self, var: str):
-        """(lo, hi) code of a variable over the current tile box; None for the loop var."""
+        """(lo, hi) of a variable over the current tile box, as sympy expressions whose
+        symbols print as kernel code; None for the loop var."""
         if var == self.it:
             return None
         g = self.group.get(var)
         if g is None:
-            c = self.nm("var", var)
+            c = sympy.Symbol("v:" + var, integer=True)
             return c, c
         if g == "R":
-            return f"lo_{self.nm('var', var)}", f"hi_{self.nm('var', var)}"
-        return "0", f"({self.ext(self.var_rank[var])} - 1)"
+            return (sympy.Symbol("b:lo_" + self.nm("var", var), integer=True),
+                    sympy.Symbol("b:hi_" + self.nm("var", var), integer=True))
+        n = self.prog.rank(self.var_rank[var])
+        ext = sympy.Symbol("n:" + n.name, integer=True, positive=True)
+        c = self._const_rank(n.name)
+        return sympy.Integer(0), (sympy.Integer(c) if c is not None else ext) - 1
 
     def range_of(self, x, want: str):
         """For an atom: ('lo'|'hi' code bounds on the loop var) of the tiles where the atom
@@ -1241,9 +1266,8 @@ class Lowering:
             const = const + 1      # d < 0  <=>  d + 1 <= 0 (integers)
         c_it = coeffs.pop(self.it, sympy.Integer(0))
         # rest = const + sum c*v over the box: min for 'can', max for 'full'
-        terms = []
         try:
-            terms.append(self.sym_code(const))
+            rest = const
             for v, c in sorted(coeffs.items()):
                 if c == 0:
                     continue
@@ -1254,17 +1278,17 @@ class Lowering:
                     pick = hi if want == "can" else lo
                 else:
                     return None if want == "full" else (None, None)
-                terms.append(f"{self._paren(self.sym_code(c))} * {pick}")
-            rest = "(" + " + ".join(terms) + ")"
+                rest = rest + c * pick
+            rest = sympy.expand(rest)
             if c_it == 0:
-                ok = f"({rest} <= 0)"
-                return (None, f"tl.where({ok}, {self.ext(self.var_rank[self.it])}, 0)") \
-                    if want == "can" else (None, f"tl.where({ok}, {self.ext(self.var_rank[self.it])}, 0)")
-            cc = self.sym_code(c_it)
+                if rest.is_number:
+                    return (None, None) if rest <= 0 else (None, "0")
+                n = self.ext(self.var_rank[self.it])
+                return (None, f"tl.where({self.sym_code(rest)} <= 0, {n}, 0)")
             if c_it.is_positive:      # c*m1 + rest <= 0  <=>  m1 <= floor(-rest / c)
-                return (None, f"(_ein_fdiv(-{rest}, {cc}) + 1)")
+                return (None, f"(_ein_fdiv({self.sym_code(-rest)}, {self.sym_code(c_it)}) + 1)")
             if c_it.is_negative:      # m1 >= ceil(rest / -c)
-                return (f"(-_ein_fdiv(-{rest}, {self.sym_code(-c_it)}))", None)
+                return (f"(-_ein_fdiv({self.sym_code(-rest)}, {self.sym_code(-c_it)}))", None)
         except _NotAffine:
             pass
         return None if want == "full" else (None, None)
@@ -1285,29 +1309,153 @@ class Lowering:
         lo = "0" if can[0] is None else f"tl.maximum({can[0]}, 0)"
         hi = n_it if can[1] is None else f"tl.minimum({can[1]}, {n_it})"
         out.append(f"# the loop over {self.it}: tiles [lo, hi) can hold present points")
-        out.append(f"loop_lo = {lo}")
-        out.append(f"loop_hi = tl.maximum({hi}, loop_lo)")
+        mul = ""
+        if self.sub:
+            sub, nsub = self.sub
+            mul = f" * {nsub}"
+            out.append(f"# each tile of {self.cvar} ({self.var_rank[self.cvar]} = "
+                       f"{self._const_rank(self.var_rank[self.cvar])}) runs as {nsub} sub-tiles of "
+                       f"{sub}: the running state merges sub-tiles exactly as tiles")
+        out.append(f"loop_lo = ({lo}){mul}")
+        out.append(f"loop_hi = tl.maximum(({hi}){mul}, loop_lo)")
         masked = Scope(root, unmasked=False)
         self.gen_body(masked)
         if full is not None:
-            flo = "loop_lo" if full[0] is None else f"tl.minimum(tl.maximum({full[0]}, loop_lo), loop_hi)"
-            fhi = "loop_hi" if full[1] is None else f"tl.minimum(tl.maximum({full[1]}, full_lo), loop_hi)"
+            flo = "loop_lo" if full[0] is None else \
+                f"tl.minimum(tl.maximum(({full[0]}){mul}, loop_lo), loop_hi)"
+            fhi = "loop_hi" if full[1] is None else \
+                f"tl.minimum(tl.maximum(({full[1]}){mul}, full_lo), loop_hi)"
             out.append("# tiles [full_lo, full_hi) are fully unmasked: no mask arithmetic")
             out.append(f"full_lo = {flo}")
             out.append(f"full_hi = {fhi}")
             out.append("n_head = full_lo - loop_lo")
             out.append("n_masked = n_head + (loop_hi - full_hi)")
             out.append("for step in range(0, n_masked):")
-            out.append(f"    {it} = tl.where(step < n_head, loop_lo + step, full_hi + step - n_head)")
+            out.append(f"    {self._jv()} = tl.where(step < n_head, loop_lo + step, "
+                       "full_hi + step - n_head)")
+            out += self._sub_lines()
             out += self._body_lines(masked, holes, root)
             unmasked = Scope(root, unmasked=True)
             self.gen_body(unmasked)
-            out.append(f"for {it} in range(full_lo, full_hi):")
+            out.append(f"for {self._jv()} in range(full_lo, full_hi):")
+            out += self._sub_lines()
             out += ["    " + ln for ln in unmasked.lines]
         else:
-            out.append(f"for {it} in range(loop_lo, loop_hi):")
+            out.append(f"for {self._jv()} in range(loop_lo, loop_hi):")
+            out += self._sub_lines()
             out += self._body_lines(masked, holes, root)
         return out
+
+    def _jv(self) -> str:
+        return "j" if self.sub else self.nm("var", self.it)
+
+    def _sub_lines(self) -> list[str]:
+        if not self.sub:
+            return []
+        sub, nsub = self.sub
+        it, c = self.nm("var", self.it), self.nm("var", self.cvar)
+        return [f"    {it} = j // {nsub}",
+                f"    {c} = (j % {nsub}) * {self.block(self.cvar)} + "
+                f"tl.arange(0, {self.block(self.cvar)})"]
+
+    def splittable(self) -> str | None:
+        """None when the loop's running state is an online normalization (FuseMax
+        Cascade 5): a running max `RM[v+1] = max(RM[v], LM)` of a tile max `LM`, and
+        running sums `T[v+1] = A + T[v] * PRM` with `PRM = exp(RM[v] - RM[v+1])` and `A` a
+        sum over the tile of a product with one factor `exp(X - RM[v+1])`. Such a state
+        absorbs a tile in sub-tiles exactly as in one step (the same algebra merges
+        partial states), so the tile rank may run in smaller blocks. Else: why not."""
+        it, c = self.it, self.cvar
+        defs = {e.tensor: e for e in self.body}
+        recs = [e for e in self.body if e.kind == "recur"]
+
+        def prev(x, t):
+            info = self.prog.tensors[t]
+            return isinstance(x, N.Access) and x.tensor == t and \
+                isinstance(x.indices[info.iter_axis], N.Var)
+
+        def nxt(x, t):
+            info = self.prog.tensors[t]
+            return isinstance(x, N.Access) and x.tensor == t and \
+                not isinstance(x.indices[info.iter_axis], (N.Var, N.Extent, N.Num))
+
+        rmax = [e for e in recs if isinstance(e.rhs, N.Call) and e.rhs.fn == "max"]
+        if len(rmax) != 1:
+            return "no single running max"
+        rm = rmax[0]
+        a, b = rm.rhs.args
+        if not prev(a, rm.tensor):
+            a, b = b, a
+        if not prev(a, rm.tensor) or not isinstance(b, N.Access) or b.tensor not in defs:
+            return "the running max is not max(RM[v], LM)"
+        lm = defs[b.tensor]
+        if not lm.reduced or lm.reduced[-1].op != "max" or lm.reduced[-1].vars != (c,):
+            return "LM is not a max over the tile"
+        carried = {e.tensor for e in recs}
+
+        def reads_state(t, seen=()):
+            e = defs.get(t)
+            if e is None or t in seen:
+                return False
+            for x in _accesses(e):
+                if x.tensor in carried or reads_state(x.tensor, seen + (t,)):
+                    return True
+            return False
+        if reads_state(lm.tensor):
+            return "LM depends on the running state"
+
+        def is_prm(x):
+            if not (isinstance(x, N.Access) and x.tensor in defs):
+                return False
+            r = defs[x.tensor].rhs
+            return (isinstance(r, N.Call) and r.fn == "exp" and isinstance(r.args[0], N.BinOp)
+                    and r.args[0].op == "-" and prev(r.args[0].left, rm.tensor)
+                    and nxt(r.args[0].right, rm.tensor))
+
+        def is_scaled(x):  # exp(X - RM[v+1]) with X free of the running state
+            if not (isinstance(x, N.Access) and x.tensor in defs):
+                return False
+            r = defs[x.tensor].rhs
+            if not (isinstance(r, N.Call) and r.fn == "exp" and isinstance(r.args[0], N.BinOp)
+                    and r.args[0].op == "-" and nxt(r.args[0].right, rm.tensor)):
+                return False
+            inner = r.args[0].left
+            return not any(isinstance(y, N.Access) and (y.tensor in carried
+                                                         or reads_state(y.tensor))
+                           for y in N.walk(inner))
+
+        for e in recs:
+            if e is rm:
+                continue
+            if not (isinstance(e.rhs, N.BinOp) and e.rhs.op == "+"):
+                return f"'{e.tensor}' is not A + T * PRM"
+            x, y = e.rhs.left, e.rhs.right
+            for first, second in ((x, y), (y, x)):
+                if isinstance(second, N.Access) and second.tensor in defs:
+                    sr = defs[second.tensor].rhs
+                    if (isinstance(sr, N.BinOp) and sr.op == "*" and
+                            ((prev(sr.left, e.tensor) and is_prm(sr.right)) or
+                             (prev(sr.right, e.tensor) and is_prm(sr.left)))):
+                        break
+                if isinstance(second, N.BinOp) and second.op == "*" and (
+                        (prev(second.left, e.tensor) and is_prm(second.right)) or
+                        (prev(second.right, e.tensor) and is_prm(second.left))):
+                    break
+            else:
+                return f"'{e.tensor}' is not A + T * PRM"
+            if not (isinstance(first, N.Access) and first.tensor in defs):
+                return f"the tile term of '{e.tensor}' is not a tensor"
+            ae = defs[first.tensor]
+            if [r.op for r in ae.reduced] != ["sum"] or c not in ae.reduced[0].vars:
+                return f"the tile term of '{e.tensor}' is not a sum over the tile"
+            factors, _ = _factorize(ae.rhs)
+            scaled = [f for f, recip in factors if is_scaled(f) and not recip]
+            others = [f for f, recip in factors if not is_scaled(f)]
+            if len(scaled) != 1 or any(isinstance(y, N.Access) and (
+                    y.tensor in carried or reads_state(y.tensor))
+                    for f in others for y in N.walk(f)):
+                return f"the tile term of '{e.tensor}' is not a sum of exp(X - RM[v+1]) * ..."
+        return None
 
     def _body_lines(self, masked, holes, root) -> list[str]:
         if not holes:
@@ -1534,7 +1682,15 @@ def _atomic(code: str) -> str:
 
 
 def _atom_key(a) -> str:
-    return repr(a)
+    """A deterministic sort key (repr of a frozenset follows the per-process hash order)."""
+    if isinstance(a, AnyOf):
+        return "any(" + ",".join(sorted(_atom_key(b) for b in a.mask)) + ")" + a.group
+    if isinstance(a, OrOf):
+        return ("or(" + ",".join(sorted(_atom_key(b) for b in a.a)) + ";"
+                + ",".join(sorted(_atom_key(b) for b in a.b)) + ")")
+    if isinstance(a, Raw):
+        return "raw:" + a.code
+    return print_expr(a)
 
 
 def _num(v: float) -> str:

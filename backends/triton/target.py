@@ -87,7 +87,11 @@ class TritonProgram:
             opts = dict(block_r=cfg.block_r, num_warps=cfg.num_warps,
                         num_stages=cfg.num_stages, tf32=cfg.tf32)
         try:
-            return mod.launch(kwargs, interpret=interpret, autotune=None if cfg is None else False,
+            if interpret:  # NumPy evaluates both sides of every tl.where: quiet its warnings
+                import numpy as np
+                with np.errstate(all="ignore"):
+                    return mod.launch(kwargs, interpret=True, autotune=False, **opts)
+            return mod.launch(kwargs, interpret=False, autotune=None if cfg is None else False,
                               **opts)
         except mod.EinsumcLaunchError as exc:
             raise EinsumcError([error(str(exc))], self.program.source) from None

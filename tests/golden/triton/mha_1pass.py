@@ -194,10 +194,10 @@ def einsumc_kernel(
     # the loop over m1: tiles [lo, hi) can hold present points
     # each tile of m0 (M0 = 256) runs as 4 sub-tiles of 64: the running state merges sub-tiles exactly as tiles
     loop_lo = (0) * 4
-    loop_hi = tl.maximum((tl.minimum((_ein_fdiv(-((1 - n_M) + 1 * 0), 256) + 1), n_M1)) * 4, loop_lo)
+    loop_hi = tl.maximum((tl.minimum((_ein_fdiv((-1 + n_M), 256) + 1), n_M1)) * 4, loop_lo)
     # tiles [full_lo, full_hi) are fully unmasked: no mask arithmetic
     full_lo = loop_lo
-    full_hi = tl.minimum(tl.maximum(((_ein_fdiv(-((1 - n_M) + 1 * (256 - 1)), 256) + 1)) * 4, full_lo), loop_hi)
+    full_hi = tl.minimum(tl.maximum(((_ein_fdiv((-256 + n_M), 256) + 1)) * 4, full_lo), loop_hi)
     n_head = full_lo - loop_lo
     n_masked = n_head + (loop_hi - full_hi)
     for step in range(0, n_masked):

@@ -196,15 +196,15 @@ def einsumc_kernel(
     base3 = in_Q + tl.cast(i_b, tl.int64) * s_Q_0 + tl.cast(i_h, tl.int64) * s_Q_1
     mask5 = i_p < n_P
     ld_Q_4 = tl.load(base3 + ((i_e * s_Q_2))[None, :] + ((i_p * s_Q_3))[:, None], mask=mask5[:, None], other=0.0)
-    mask9 = i_m0 < 8
+    mask8 = i_m0 < 8
     # the loop over m1: tiles [lo, hi) can hold present points
     loop_lo = (0)
-    loop_hi = tl.maximum((tl.minimum(tl.minimum(tl.minimum((_ein_fdiv(-(((-n_M) + n_P) + 1 * 0 + -1 * hi_i_p), 8) + 1), tl.where((((1 - 8) + 1 * 0) <= 0), n_M1, 0)), (_ein_fdiv(-((1 - n_M) + 1 * 0), 8) + 1)), n_M1)), loop_lo)
+    loop_hi = tl.maximum((tl.minimum(tl.minimum((_ein_fdiv((-1 + n_M), 8) + 1), (_ein_fdiv((hi_i_p + n_M - n_P), 8) + 1)), n_M1)), loop_lo)
     for i_m1 in range(loop_lo, loop_hi):
-        if ((i_m1 < (_ein_fdiv(-(((-n_M) + n_P) + 1 * 0 + -1 * hi_i_p), 8) + 1))) & (((i_m1 >= (-_ein_fdiv(-((-7 + n_M - n_P) + -1 * (8 - 1) + 1 * lo_i_p), 8)))) | ((i_m1 < (_ein_fdiv(-(-1 + 1 * 0), 8) + 1)))) & ((i_m1 < tl.where((((1 - 8) + 1 * 0) <= 0), n_M1, 0))) & ((i_m1 < (_ein_fdiv(-((1 - n_M) + 1 * 0), 8) + 1))):
+        if ((i_m1 < (_ein_fdiv((-1 + n_M), 8) + 1))) & ((i_m1 < (_ein_fdiv((hi_i_p + n_M - n_P), 8) + 1))) & (((i_m1 >= (-_ein_fdiv((14 - lo_i_p - n_M + n_P), 8)))) | ((i_m1 < (_ein_fdiv(1, 8) + 1)))):
             # BQK[b, h, m1, m0, p] = Q[b, h, e, p] * K[b, h, e, m1 * M0 + m0] / sqrt(E) where m1 * M0 + m0 <= p + M - P and (p + M - P - (m1 * M0 + m0) < W or m1 * M0 + m0 < S0)
             base6 = in_K + tl.cast(i_b, tl.int64) * s_K_0 + tl.cast(i_h, tl.int64) * s_K_1 + tl.cast((8 * i_m1), tl.int64) * s_K_3
-            mask8 = ((i_m1 * 8) + i_m0) < n_M
+            mask9 = ((i_m1 * 8) + i_m0) < n_M
             ld_K_7 = tl.load(base6 + ((i_e * s_K_2))[:, None] + ((i_m0 * s_K_3))[None, :], mask=mask8[None, :] & mask9[None, :], other=0.0)
             dot10 = _ein_dot(ld_Q_4, ld_K_7, PREC, UPCAST)
             t_BQK = (dot10 / tl.sqrt((64 * 1.0)))
