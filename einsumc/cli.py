@@ -123,6 +123,8 @@ def cmd_compile(args) -> int:
     if args.target == "spatial":
         from .backends.spatial.cli import compile_spatial
         return compile_spatial(args)
+    if getattr(args, "arch", None) or getattr(args, "mapping", None):
+        raise EinsumcError([_plain_error("--arch and --mapping need --target spatial")])
     prog = _load(args.spec)
     if args.aot:
         if args.target != "triton":

@@ -16,7 +16,8 @@ import einsumc
 from einsumc.backends import get_target
 from einsumc.backends.spatial.arch import load_arch, parse_arch
 from einsumc.backends.spatial.cascade import cascade_model
-from einsumc.backends.spatial.cli import build_parser, parse_shape
+from einsumc.backends.spatial.cli import parse_shape
+from einsumc.cli import build_parser
 from einsumc.backends.spatial.explore import load_config
 from einsumc.backends.spatial.mapping import load_mapping, parse_mapping
 from einsumc.backends.spatial.model import derive_plan, evaluate
@@ -333,7 +334,8 @@ def test_cli_simulate_json(capsys):
 
 
 def test_cli_compile_formats(tmp_path, capsys):
-    base = [str(FM / "cascade5_1pass.ein"), "--arch", str(FM / "arch" / "fusemax.yaml")]
+    base = [str(FM / "cascade5_1pass.ein"), "--target", "spatial", "--arch",
+            str(FM / "arch" / "fusemax.yaml")]
     rc, out = _main(["compile", *base, "--emit", "json", "--shape", "M=64K,P=64K"], capsys)
     assert json.loads(out.out)["schedule"] == "interleaved"
     rc, out = _main(["compile", *base, "--emit", "timeloop", "-o", str(tmp_path / "tl")], capsys)
@@ -341,7 +343,7 @@ def test_cli_compile_formats(tmp_path, capsys):
     rc, out = _main(["compile", *base, "-o", str(tmp_path / "s.txt")], capsys)
     assert "steady-state epoch" in (tmp_path / "s.txt").read_text()
     with pytest.raises(EinsumcError, match="needs an architecture"):
-        _main(["compile", str(FM / "cascade5_1pass.ein")], capsys)
+        _main(["compile", str(FM / "cascade5_1pass.ein"), "--target", "spatial"], capsys)
 
 
 def test_parse_shape():

@@ -281,3 +281,43 @@ def test_quasi_affine_reads():
     assert out["Z"].tolist() == [2.0 * i for i in range(10)]
     with pytest.raises(einsumc.EinsumcError, match="not by a variable"):
         einsumc.load("rank P, Q\ninput A[p]\noutput Z[p, q]\nZ[p, q] = A[p // q]\n")
+
+
+def test_online_when_the_max_and_sum_are_outputs():
+    src = """rank E = 8, F = 8
+rank M, P
+input  Q[e, p], K[e, m], V[f, m]
+output AV[f, p], SD[p], GM[p]
+QK[m, p] = Q[e, p] * K[e, m] where m <= p + M - P
+GM[p]    = QK[m, p] :: max(m)
+SN[m, p] = exp(QK[m, p] - GM[p])
+SD[p]    = SN[m, p]
+SNV[f, p] = SN[m, p] * V[f, m]
+AV[f, p] = SNV[f, p] / SD[p]
+"""
+    prog = einsumc.load(src)
+    opt, _ = optimize(prog, tile=8)
+    assert opt.analyze(rank="M").passes["M"] == 1
+    a, b = same(prog, opt, {"M": 37, "P": 49})  # 12 fully masked rows: absent, read as 0
+    assert np.all(b["GM"][:12] == 0) and np.all(b["SD"][:12] == 0)
+
+
+@pytest.mark.parametrize("src", [
+    # a max after the sum does not distribute over the division
+    "rank M, P, X\ninput N[m, p], D[p, x], V[x, m]\noutput O[p]\n"
+    "O[p] = N[m, p] * V[x, m] / D[p, x] :: max(x)\n",
+    # the quotient read twice (once as a reciprocal)
+    "rank M, P, F\ninput N[m, p], D[p], V[f, m]\noutput O[f, p]\nA[m, p] = N[m, p] / D[p]\n"
+    "O[f, p] = A[m, p] * V[f, m] / A[m, p]\n",
+])
+def test_defer_division_refuses_what_it_cannot_preserve(src):
+    with pytest.raises(TransformRefused):
+        apply(einsumc.load(src), "defer-division")
+
+
+def test_partition_read_back_keeps_the_analysis():
+    src = ("rank M, P\ninput X[m, p]\noutput Y[m, p]\nG[p] = X[m, p] :: max(m)\n"
+           "N[m, p] = exp(X[m, p] - G[p])\nD[p] = N[m, p]\nY[m, p] = N[m, p] / D[p]\n")
+    out = apply(einsumc.load(src), "partition:M=16")
+    assert out.analyze().passes == {"M": 3}
+    assert "(transformed) (transformed)" not in out.source.name

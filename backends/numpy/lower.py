@@ -43,13 +43,7 @@ def encode(e: N.Expr, prog: Program | None = None) -> tuple:
 
 
 def _iterate_kind(ix: N.Expr, var: str) -> str:
-    if isinstance(ix, N.Var):
-        return "prev"
-    if isinstance(ix, N.Extent):
-        return "final"
-    if isinstance(ix, N.Num):
-        return "initial"
-    return "next"
+    return N.iterate_read(ix)
 
 
 def _span(s) -> tuple | None:

@@ -174,25 +174,6 @@ def register(sub) -> None:
     e.set_defaults(fn=cmd_explore)
 
 
-def build_parser():
-    """A stand-alone parser with `compile`, `simulate` and `explore` (the same options the
-    einsumc CLI gets): `python -m einsumc.backends.spatial.cli simulate ...`."""
-    import argparse
-    p = argparse.ArgumentParser(prog="einsumc", description="spatial-array backend of einsumc")
-    p.add_argument("--debug", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    c = sub.add_parser("compile", help="emit the schedule of a cascade on a spatial array")
-    c.add_argument("spec")
-    c.add_argument("--target", default="spatial", choices=("spatial",))
-    c.add_argument("--transform", metavar="CHAIN", help="transform the cascade first")
-    c.add_argument("--opt", action="store_true", help="apply every legal transform first")
-    add_compile_options(c)
-    c.add_argument("-o", "--output")
-    c.set_defaults(fn=compile_spatial)
-    register(sub)
-    return p
-
-
 def add_compile_options(c) -> None:
     """The options `einsumc compile` needs for `--target spatial`."""
     c.add_argument("--arch", help="architecture YAML (--target spatial)")
@@ -202,22 +183,3 @@ def add_compile_options(c) -> None:
                         "problem files (one per Einsum; -o names a folder)")
     c.add_argument("--shape", help="--target spatial: extents, e.g. M=64K,P=64K "
                                    "(default 4096 for every symbolic rank)")
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = build_parser()
-    args = p.parse_args(argv)
-    try:
-        return args.fn(args)
-    except EinsumcError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
-    except Exception as exc:  # pragma: no cover - an internal error, one line
-        if args.debug:
-            raise
-        print(f"einsumc: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -59,6 +59,8 @@ def rank_vars(prog: Program, rank: str) -> RankVars:
                 # outer partitions (scaled: `m1*M0`) first, the innermost (`m0`) last
                 scaled = {v.name for n in N.walk(ix) if isinstance(n, N.BinOp) and n.op == "*"
                           for v in N.walk(n) if isinstance(v, N.Var)}
+                if any(isinstance(n, N.BinOp) and n.op in ("//", "%") for n in N.walk(ix)):
+                    continue  # reading a partition back (`BY[m // M0, m % M0]`) splits nothing
                 vs = tuple(sorted(N.value_vars(ix), key=lambda v: (v not in scaled, v)))
                 if not vs or vs == (axis,):
                     continue

@@ -114,9 +114,7 @@ def build_graph(program: Program) -> DataflowGraph:
                     info = program.tensors[a.tensor]
                     it = None
                     if info.iter_axis is not None:
-                        ix = a.indices[info.iter_axis]
-                        it = ("prev" if isinstance(ix, N.Var) else "final" if isinstance(ix, N.Extent)
-                              else "initial" if isinstance(ix, N.Num) else "next")
+                        it = N.iterate_read(a.indices[info.iter_axis])
                     tn = tensor_node(a.tensor)
                     its = set(g.edges[tn, en]["iterates"]) if g.has_edge(tn, en) else set()
                     if it:

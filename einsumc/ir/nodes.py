@@ -143,6 +143,18 @@ def factors(e: Expr) -> list[tuple[Expr, bool]]:
     return out
 
 
+def iterate_read(index: Expr) -> str:
+    """Which iterate an index at an iterative axis reads: `m1` "prev", `m1+1` "next",
+    `M1` "final", `0` "initial" (the checker admits no other form)."""
+    if isinstance(index, Var):
+        return "prev"
+    if isinstance(index, Extent):
+        return "final"
+    if isinstance(index, Num):
+        return "initial"
+    return "next"
+
+
 def value_vars(e: Expr) -> set[str]:
     """Rank variables an expression depends on (through indices and as values)."""
     return {n.name for n in walk(e) if isinstance(n, Var)}

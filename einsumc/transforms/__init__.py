@@ -94,7 +94,10 @@ def optimize(prog: Program, tile: int = DEFAULT_TILE) -> tuple[Program, list[str
     notes: list[str] = []
     prog = defer_division(prog, required=False)
     for rank in _softmax_ranks(prog):
-        prog = partition(prog, rank, tile)
+        try:
+            prog = partition(prog, rank, tile)
+        except TransformRefused as exc:
+            notes.append(f"rank {rank} is not partitioned: {exc.diagnostics[0].message}")
     for _ in range(8):  # one normaliser at a time
         found, _ = find_normalisers(prog)
         if not found or not found[0][5]:

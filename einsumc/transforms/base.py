@@ -32,7 +32,7 @@ def rebuild(prog: Program, einsums: list[N.Einsum], ranks: Iterable[N.RankDecl] 
                   einsums=tuple(order_statements(einsums)), stops=())
     text = header + print_program(new)
     from ..driver import load
-    name = prog.source.name if prog.source else "<spec>"
+    name = (prog.source.name if prog.source else "<spec>").removesuffix(" (transformed)")
     try:
         return load(text, name=f"{name} (transformed)")
     except EinsumcError as exc:  # a transform must never produce an invalid cascade
@@ -66,14 +66,7 @@ def _iterate_of(a: N.Access, iter_axes: dict[str, int]) -> str | None:
     k = iter_axes.get(a.tensor)
     if k is None or k >= len(a.indices):
         return None
-    ix = a.indices[k]
-    if isinstance(ix, N.Var):
-        return "prev"
-    if isinstance(ix, N.Extent):
-        return "final"
-    if isinstance(ix, N.Num):
-        return "initial"
-    return "next"
+    return N.iterate_read(a.indices[k])
 
 
 def order_statements(einsums: list[N.Einsum]) -> list[N.Einsum]:

@@ -7,9 +7,10 @@
 and, inside one Einsum, `O[f, p] = N[m, p] * V[f, m] / D[p]` (summed over `m`) becomes
 `NV[f, p] = N[m, p] * V[f, m]; O[f, p] = NV[f, p] / D[p]`.
 
-Legality: the divisor must not vary along the summed variables (then the sum distributes
-over the division: sum_m (x_m / d) = (sum_m x_m) / d, with x / 0 = 0 on both sides), the
-quotient must be read only by that sum of products, and neither Einsum may have a filter.
+Legality: the reduction must be a plain sum (a `max` or `prod` does not distribute over a
+division), the divisor must vary only along the result's own variables (then the sum
+distributes: sum_m (x_m / d) = (sum_m x_m) / d, with x / 0 = 0 on both sides), the
+quotient must be read once, by that sum of products, and neither Einsum may have a filter.
 The rewrite merges the normalisation pass into the next one: Cascade 4's 3 passes become 2,
 and the number of divisions drops from M*P to F*P.
 """
@@ -41,6 +42,11 @@ def _sum_vars(e: N.Einsum) -> set[str]:
     return set(e.reduced[0].vars) if e.reduced and e.reduced[0].op == "sum" else set()
 
 
+def _only_sum(e: N.Einsum) -> bool:
+    """A plain sum (no `max`/`min`/`prod` after it): the sum distributes over a division."""
+    return len(e.reduced) == 1 and e.reduced[0].op == "sum"
+
+
 def _readers(prog: Program, name: str) -> list[int]:
     return [i for i, e in enumerate(prog.einsums) if any(a.tensor == name for a in reads(e))]
 
@@ -59,17 +65,18 @@ def candidates(prog: Program):
                 hits = [f for f, r in facs if isinstance(f, N.Access) and f.tensor == e.tensor
                         and not r]
                 sv = _sum_vars(c)
-                if (len(hits) == 1 and sv and c.filter is None
+                once = sum(1 for a in N.reads(c) if a.tensor == e.tensor) == 1
+                if (len(hits) == 1 and once and _only_sum(c) and c.filter is None
                         and all(isinstance(ix, N.Var) for ix in hits[0].indices)):
                     sub = {ix.var: hits[0].indices[k].name for k, ix in enumerate(e.indices)}
-                    if not (N.value_vars(e.rhs.right) and
-                            {sub.get(x, x) for x in N.value_vars(e.rhs.right)} & sv):
+                    den_vars = {sub.get(x, x) for x in N.value_vars(e.rhs.right)}
+                    if den_vars <= set(c.lhs_vars):  # constant along every summed variable
                         yield ("pair", i, rd[0], sub)
         # one Einsum: sum over r of (... / D) with D constant along r
         sv = _sum_vars(e)
-        if sv and e.filter is None and e.kind == "plain":
+        if sv and _only_sum(e) and e.filter is None and e.kind == "plain":
             facs = N.factors(e.rhs)
-            dens = [f for f, r in facs if r and not (N.value_vars(f) & sv)
+            dens = [f for f, r in facs if r and N.value_vars(f) <= set(e.lhs_vars)
                     and any(isinstance(n, N.Access) for n in N.walk(f))]
             nums = [f for f, r in facs if not r]
             if dens and len(nums) >= 1 and len(facs) >= 3:
@@ -134,7 +141,7 @@ def defer_division(prog: Program, required: bool = True) -> Program:
         e = einsums[i]
         sv = _sum_vars(e)
         facs = N.factors(e.rhs)
-        dens = [(f, r) for f, r in facs if r and not (N.value_vars(f) & sv)
+        dens = [(f, r) for f, r in facs if r and N.value_vars(f) <= set(e.lhs_vars)
                 and any(isinstance(n, N.Access) for n in N.walk(f))]
         rest = [(f, r) for f, r in facs if (f, r) not in dens]
         new_name = fresh(names, _join([f for f, r in rest if not r]) or e.tensor + "N")

@@ -133,7 +133,10 @@ def online(prog: Program) -> Program:
                      and isinstance(e.rhs.right, N.Access) and e.rhs.right.tensor in sum_names
                      for e in einsums if any(a.tensor in sum_names for a in reads(e))
                      and einsums.index(e) not in sums)
-    never = None if (not g_readers and ratio_only) else N.BinOp("<", N.Extent(r1), N.Num(0.0))
+    out_names = {o.name for o in prog.outputs}
+    exposed = g.tensor in out_names or bool(sum_names & out_names)  # read as they are
+    never = None if (not g_readers and ratio_only and not exposed) else N.BinOp(
+        "<", N.Extent(r1), N.Num(0.0))
     head = [einsum(RM, _ins(gvars, (v1, "init")), N.Unary("-", N.Num(float("inf"))),
                    where=never)]
     loop = [
@@ -187,6 +190,13 @@ def online(prog: Program) -> Program:
             before.extend(head)  # the initializations go just before the scores (Cascade 5)
             head = []
         (before if i < first else after).append(e)
+    # a dropped max or sum that is itself an output is read from its final iterate
+    outputs = {o.name: o for o in prog.outputs}
+    for name in [g.tensor] + [einsums[ci].tensor for ci in sums]:
+        if name in outputs:
+            d = outputs[name]
+            after.append(einsum(name, list(d.indices), to_final(N.Access(
+                name, tuple(N.Var(v) for v in d.indices)))))
     return rebuild(prog, before + head + loop + corr + after)
 
 
