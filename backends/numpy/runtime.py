@@ -35,7 +35,7 @@ import numpy as np
 #: elements of the largest intermediate per query chunk (4 MiB in f32)
 CHUNK_ELEMENTS = 1 << 20
 #: the largest query chunk when a filter involves the chunk rank
-FILTERED_CHUNK = 1024
+FILTERED_CHUNK = 512
 
 
 class EinRuntimeError(Exception):
