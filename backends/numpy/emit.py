@@ -8,6 +8,7 @@ appear only inside string literals of the plan, never as Python identifiers.
 from __future__ import annotations
 
 import inspect
+import os
 import pprint
 
 from ...ir.printer import print_program
@@ -16,7 +17,9 @@ from . import runtime
 
 
 def emit_module(program: Program, plan: dict) -> str:
-    name = program.source.name if program.source else "<spec>"
+    # the file's name, not its path: the module is the same wherever the spec lives
+    name = os.path.basename(program.source.name) if program.source else "<spec>"
+    plan = dict(plan, source_name=name)
     spec_lines = print_program(program).rstrip("\n").split("\n")
     inputs = tuple(d.name for d in program.inputs)
     params = program.runtime_params

@@ -9,7 +9,9 @@ the outputs, picks the block sizes and launches. Spec names reach the code only 
 """
 from __future__ import annotations
 
+
 import math
+import os
 
 from ...diagnostics import EinsumcError, error
 from ...ir import nodes as N
@@ -168,7 +170,8 @@ def _param(args, name, integer):
 def emit_module(low: Lowering, ks: KernelSource, original=None) -> str:
     prog = low.prog
     orig = original or low.original
-    name = orig.source.name if orig.source else "<spec>"
+    # the file's name, not its path: the module is the same wherever the spec lives
+    name = os.path.basename(orig.source.name) if orig.source else "<spec>"
     kname = "einsumc_kernel"
     lines = []
     spec = print_program(orig).rstrip("\n").split("\n")
