@@ -9,7 +9,6 @@ the outputs, picks the block sizes and launches. Spec names reach the code only 
 """
 from __future__ import annotations
 
-
 import math
 import os
 
