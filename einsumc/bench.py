@@ -177,7 +177,7 @@ def run_bench(args) -> int:
             raise EinsumcError([error(exc.args[0])]) from None
     spec = str(os.path.abspath(args.spec)) if args.spec != "-" else "-"
     print(f"bench {args.spec}  shape {args.shape}  target {args.target}"
-          + (f"  causal baselines" if args.causal else ""))
+          + ("  causal baselines" if args.causal else ""))
     print(f"machine: {machine()}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

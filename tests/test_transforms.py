@@ -11,7 +11,7 @@ import einsumc
 from einsumc.cli import main
 from einsumc.inputs import random_inputs
 from einsumc.transforms import TransformRefused, apply, optimize
-from conftest import EXAMPLES, ROOT
+from conftest import ROOT
 
 EX = ROOT / "examples"
 SPECS = ROOT / "tests" / "analysis_specs"

@@ -799,7 +799,6 @@ class Runner:
         else:
             shape = st.arr.shape
         arr, mask, offs = st.arr, st.mask, st.offsets
-        nd = len(space)
         # fast path: each axis is `var + c` (distinct vars) or a constant
         plan_axes = []
         fast = True

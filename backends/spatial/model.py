@@ -844,7 +844,6 @@ def _gb_words(cm, plan, costs, ext_tile, cls, arch, only: set[int] | None) -> di
 
 def _unfused(cm, arch, mp, plan, costs, ext, inst, batch_mult, cls, size, per_query, chunk):
     """Phases run one after another; what crosses a phase goes through DRAM."""
-    wb = arch.word_bytes
     q = plan.query
     order = [e for e in cm.einsums if plan.binding[e.index]]
     phases_e: list[list[EinsumInfo]] = []

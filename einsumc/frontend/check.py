@@ -437,7 +437,6 @@ class _Checker:
 
     def resolve_access(self, a: N.Access, ctx: dict) -> N.Expr:
         name = a.tensor
-        stmt: N.Einsum = ctx["stmt"]
         info = self.tensors.get(name)
         if name in self.params or name in self.ranks or name in self.var_rank:
             self.err(f"'{name}' is not a tensor", a.span)

@@ -139,7 +139,6 @@ def defer_division(prog: Program, required: bool = True) -> Program:
         einsums[i] = inner
     else:
         e = einsums[i]
-        sv = _sum_vars(e)
         facs = N.factors(e.rhs)
         dens = [(f, r) for f, r in facs if r and N.value_vars(f) <= set(e.lhs_vars)
                 and any(isinstance(n, N.Access) for n in N.walk(f))]
