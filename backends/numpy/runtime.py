@@ -337,6 +337,8 @@ class Runner:
         plan = self.plan
         self.var_ext = {r.lower(): n for r, n in self.extents.items()}
         self.exprs = {}
+        self.access_vars = {}
+        self.access_plans = {}
         outs = {}
         for name, axes, dtype in plan["outputs"]:
             shape = tuple(self.var_ext[v] for v in axes)
@@ -799,75 +801,100 @@ class Runner:
         else:
             shape = st.arr.shape
         arr, mask, offs = st.arr, st.mask, st.offsets
-        # fast path: each axis is `var + c` (distinct vars) or a constant
-        plan_axes = []
-        fast = True
+        # The read's plan depends only on the access, the space and which of its variables
+        # are pinned to one coordinate (a loop's tile index): cached across tiles and chunks.
+        vars_key = self.access_vars.get(id(node))
+        if vars_key is None:
+            vars_key = self._access_vars(node, indices)
+        key = (id(node), space, tuple(self._dom(v, dom)[1] - self._dom(v, dom)[0] == 1
+                                      for v in vars_key))
+        plan = self.access_plans.get(key)
+        if plan is None:
+            plan = self._access_plan(indices, space, dom)
+            self.access_plans[key] = plan
+        if plan is False:
+            return self._gather_read(arr, mask, offs, shape, indices, ctx)
+        return self._slice_read(arr, mask, offs, shape, plan, ctx)
+
+    def _access_vars(self, node, indices):
+        names = []
+        for idx in indices:
+            try:
+                coeffs, _ = self._affine(idx)
+            except _NotAffine:
+                continue
+            names += [v for v, c in coeffs.items() if c and v not in names]
+        self.access_vars[id(node)] = tuple(names)
+        return tuple(names)
+
+    def _access_plan(self, indices, space, dom):
+        """Per axis (free variable or None, constant, pinned terms), and the axis order;
+        False when the read needs a gather (a variable twice, a stride, `//`, `%`)."""
+        axes = []
         used = set()
-        for k, idx in enumerate(indices):
+        for idx in indices:
             try:
                 coeffs, const = self._affine(idx)
             except _NotAffine:
-                fast = False
-                break
-            live = {v: c for v, c in coeffs.items() if c != 0}
-            fixed = 0
-            free = None
-            for v, c in live.items():
+                return False
+            free, pinned = None, []
+            for v, c in coeffs.items():
+                if not c:
+                    continue
                 lo, hi = self._dom(v, dom)
                 if hi - lo == 1:
-                    fixed += c * lo
+                    pinned.append((v, c))
                 elif c == 1 and free is None and v not in used:
                     free = v
                 else:
-                    fast = False
-            if not fast:
-                break
+                    return False
             if free is not None:
                 used.add(free)
-            plan_axes.append((free, const + fixed))
-        if fast:
-            return self._slice_read(arr, mask, offs, shape, plan_axes, ctx)
-        return self._gather_read(arr, mask, offs, shape, indices, ctx)
+            axes.append((free, const, tuple(pinned)))
+        keep = tuple(k for k, (v, _, _) in enumerate(axes) if v is not None)
+        vars_ = [axes[k][0] for k in keep]
+        perm = tuple(sorted(range(len(vars_)), key=lambda k: space.index(vars_[k])))
+        where = tuple(space.index(vars_[k]) for k in perm)  # axis of the space, after perm
+        return tuple(axes), keep, perm, where
 
-    def _slice_read(self, arr, mask, offs, shape, plan_axes, ctx):
+    def _slice_read(self, arr, mask, offs, shape, plan, ctx):
         space, dom, sizes = ctx
-        nd = len(space)
-        sl, pads, out_vars, need_pad = [], [], [], False
-        for k, (var, c) in enumerate(plan_axes):
-            n = shape[k]
-            lo_t, hi_t = offs[k], offs[k] + n  # coordinates stored
+        axes, keep, perm, where = plan
+        sl, pads, need_pad = [], [], False
+        for k, (var, c, pinned) in enumerate(axes):
+            for v, coeff in pinned:
+                c += coeff * self._dom(v, dom)[0]
+            lo_t = offs[k]
+            hi_t = lo_t + shape[k]  # coordinates stored
             if var is None:
                 want_lo, want_hi = c, c + 1
             else:
                 lo, hi = self._dom(var, dom)
                 want_lo, want_hi = lo + c, hi + c
-            a, b = max(want_lo, lo_t), min(want_hi, hi_t)
+            a = want_lo if want_lo > lo_t else lo_t
+            b = want_hi if want_hi < hi_t else hi_t
             if b <= a:
                 return ABSENT
             sl.append(slice(a - lo_t, b - lo_t))
-            pads.append((a - want_lo, want_hi - b))
             if a != want_lo or b != want_hi:
                 need_pad = True
-            out_vars.append(var)
-        if arr.ndim and any(arr.shape[k] == 1 and shape[k] != 1 for k in range(arr.ndim)):
+            pads.append((a - want_lo, want_hi - b))
+        if arr.ndim and arr.shape != tuple(shape):  # a broadcast (size-1) stored axis
             sl = [slice(None) if arr.shape[k] == 1 else s for k, s in enumerate(sl)]
         a = arr[tuple(sl)]
         m = None if mask is None else mask[tuple(sl)]
         if need_pad:  # out-of-range coordinates read absent points
             m = np.pad(np.ones(a.shape, bool) if m is None else m, pads)
             a = np.pad(a, pads)
-        # axes with a constant index drop; order the rest as the space
-        keep = [k for k, v in enumerate(out_vars) if v is not None]
-        if len(keep) != len(out_vars):
+        # axes with a constant index drop; the rest are put in the order of the space
+        if len(keep) != len(axes):
             a = a.reshape([a.shape[k] for k in keep])
             m = None if m is None else m.reshape([m.shape[k] for k in keep])
-        vars_ = [out_vars[k] for k in keep]
-        perm = sorted(range(len(vars_)), key=lambda k: space.index(vars_[k]))
         a = a.transpose(perm)
         m = None if m is None else m.transpose(perm)
-        shape_full = [1] * nd
-        for k in perm:
-            shape_full[space.index(vars_[k])] = a.shape[perm.index(k)]
+        shape_full = [1] * len(space)
+        for j, ax in enumerate(where):
+            shape_full[ax] = a.shape[j]
         a = a.reshape(shape_full)
         m = None if m is None else m.reshape(shape_full)
         if a.dtype != self.dtype:
