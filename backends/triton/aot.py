@@ -85,8 +85,11 @@ def parse_archs(text: str | list) -> list[int]:
 
 
 def compile_kernel(program: Program, arch: int, config: Config = DEFAULT, dtype: str = "f16",
-                   shapes: dict | None = None, source: str | None = None):
-    """Compile the program's kernel for `arch`; returns (AotResult, compiled kernel)."""
+                   shapes: dict | None = None, source: str | None = None,
+                   kernel: str = "main"):
+    """Compile one of the program's kernels for `arch`; returns (AotResult, compiled kernel).
+    `kernel`: "main" (einsumc_kernel), or the split-K pair "split" (einsumc_kernel_split,
+    16-row or decode-sized row blocks as launched) and "merge" (einsumc_merge)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -100,19 +103,30 @@ def compile_kernel(program: Program, arch: int, config: Config = DEFAULT, dtype:
     text, low = (source, None) if source else generate(program, config)
     if low is None:
         _, low = generate(program, config)
+    kernels = getattr(low, "kernels", {"main": None})
+    if kernel not in kernels:
+        raise EinsumcError([error(f"--aot: the program has no {kernel} kernel (split-K: "
+                                  f"{getattr(low, 'split_why', None) or 'not generated'})")],
+                           program.source)
+    ks = kernels[kernel]
+    kname = ks.name if ks is not None else "einsumc_kernel"
     mod = loader.load(text, interpret=False)
-    fn = mod.einsumc_kernel
+    fn = getattr(mod, kname)
     if not isinstance(fn, JITFunction):  # pragma: no cover - an interpreted copy
         fn = JITFunction(fn.fn)
-    ks = low
     shapes = dict(shapes or {})
     consts, sig, attrs = {}, {}, {}
     names = fn.arg_names
-    kinds = dict(zip(low.kernel_args, low.kernel_argkinds))
+    kargs = ks.args if ks is not None else low.kernel_args
+    kinds = dict(zip(kargs, ks.argkinds if ks is not None else low.kernel_argkinds))
     prog = low.prog
-    for n in low.kernel_args:
+    for n in kargs:
         kind, what = kinds[n]
-        if kind == "ptr":
+        if kind == "scratch":
+            sig[n] = "*fp32"
+        elif kind == "nsplit":
+            sig[n] = "i32"
+        elif kind == "ptr":
             sig[n] = "*" + _TT[dtype]
         elif kind == "stride":
             t, j = what
@@ -145,13 +159,15 @@ def compile_kernel(program: Program, arch: int, config: Config = DEFAULT, dtype:
             consts[low.block(v)] = blk[v]
         consts["BLOCK_R"] = max(16, npow2(prod))
     else:
-        blk = mod._row_blocks(config.block_r, ext_rows)
-        consts["BLOCK_R"] = config.block_r
+        # the split kernels run 16-row programs (few rows: the split path's condition)
+        rows = 16 if kernel != "main" else config.block_r
+        blk = mod._row_blocks(rows, ext_rows)
+        consts["BLOCK_R"] = rows
         for v in low.row_vars:
             consts[low.block(v)] = blk[v]
     consts["PREC"] = "tf32" if config.tf32 else "ieee"
     consts["UPCAST"] = False
-    for c in low.kernel_consts:
+    for c in (ks.consts if ks is not None else low.kernel_consts):
         sig[c] = "constexpr"
     for i, n in enumerate(names):
         if sig[n].startswith("*") or (kinds.get(n, ("",))[0] == "stride" and sig[n] == "i32"):
@@ -182,7 +198,7 @@ def compile_kernel(program: Program, arch: int, config: Config = DEFAULT, dtype:
     dots = wg + len(re.findall(r"= tt\.dot ", ttgir))
     ptx = k.asm["ptx"]
     insn = "wgmma" if "wgmma.mma_async" in ptx else "mma.sync" if "mma.sync" in ptx else "none"
-    res = AotResult("einsumc_kernel", arch, config, dtype, regs, st, ld, int(k.metadata.shared),
+    res = AotResult(kname, arch, config, dtype, regs, st, ld, int(k.metadata.shared),
                     SMEM_LIMIT.get(arch), dots_mma, dots, insn, secs, int(consts["BLOCK_R"]))
     return res, k
 
@@ -210,12 +226,25 @@ def _ptxas_usage(ptx: str, arch: int):
 
 def aot_results(program: Program, archs, dtype: str = "f16", configs=None,
                 shapes: dict | None = None) -> list[AotResult]:
+    """Every config of the main kernel; with split-K, the split kernel for every (warps,
+    stages) of the configs (its rows are fixed) and the merge kernel (4 warps, 1 stage)."""
+    from .target import generate
     archs = parse_archs(archs)
     configs = list(configs or GPU_CONFIGS)
+    split = "split" in getattr(generate(program, DEFAULT)[1], "kernels", {})
     out = []
     for arch in archs:
         for cfg in configs:
             out.append(compile_kernel(program, arch, cfg, dtype, shapes)[0])
+        if split:
+            seen = set()
+            for cfg in configs:
+                if (cfg.num_warps, cfg.num_stages) not in seen:
+                    seen.add((cfg.num_warps, cfg.num_stages))
+                    out.append(compile_kernel(program, arch, cfg, dtype, shapes,
+                                              kernel="split")[0])
+            out.append(compile_kernel(program, arch, Config(16, 4, 1), dtype, shapes,
+                                      kernel="merge")[0])
     return out
 
 
@@ -225,12 +254,12 @@ def aot_report(program: Program, archs, dtype: str = "f16", configs=None,
     res = aot_results(program, archs, dtype, configs, shapes)
     name = program.source.name if program.source else "<spec>"
     lines = [f"# einsumc AOT report: {name}, dtype {dtype} (compiled without a GPU; no timings)",
-             f"{'kernel':<16} {'arch':<6} {'config':<22} {'regs':>5} {'spills':>7} "
+             f"{'kernel':<20} {'arch':<6} {'config':<22} {'regs':>5} {'spills':>7} "
              f"{'smem (B)':>9} {'limit':>7} {'MMA dots':>9} {'insn':<9} {'time':>6}"]
     for r in res:
         cfg = f"rows={r.rows} w{r.config.num_warps} s{r.config.num_stages}"
         smem = f"{r.smem}" + ("" if r.smem_ok else " OVER")
-        lines.append(f"{r.kernel:<16} sm_{r.arch:<3} {cfg:<22} {str(r.regs):>5} "
+        lines.append(f"{r.kernel:<20} sm_{r.arch:<3} {cfg:<22} {str(r.regs):>5} "
                      f"{r.spills:>7} {smem:>9} {str(r.smem_limit):>7} "
                      f"{f'{r.mma_dots}/{r.dots}':>9} {r.mma_insn:<9} {r.seconds:>5.2f}s")
     bad = [r for r in res if r.spills or not r.smem_ok]

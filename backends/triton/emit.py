@@ -163,6 +163,33 @@ def _param(args, name, integer):
                                      "it must hold an integer value")
         return int(v)
     return v
+
+
+#: what the last launch ran (kernel, NSPLIT, grid): for tests and debugging
+LAST_LAUNCH = {}
+#: split-K: key-loop steps per split at least; programs wanted per SM
+SPLIT_MIN_STEPS = 4
+SPLIT_PROGRAMS_PER_SM = 2
+#: the interpreter has no SMs: it plans for a notional small GPU, so that small shapes
+#: exercise the split path
+INTERPRET_SMS = 8
+
+
+def _n_split(split, programs, steps, dev):
+    """Key-range splits (NSPLIT) for a launch of `programs` programs whose loop runs at most
+    `steps` steps: 1 (no split) when the programs fill the GPU; `split` > 0 forces it."""
+    if steps <= 1 or programs <= 0:
+        return 1
+    if split:
+        return max(1, min(int(split), steps, 4096))
+    if dev.type == "cuda":
+        sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    else:
+        sms = INTERPRET_SMS
+    target = SPLIT_PROGRAMS_PER_SM * sms
+    if programs >= target:
+        return 1
+    return max(1, min(-(-target // programs), steps // SPLIT_MIN_STEPS, 4096))
 '''
 
 
@@ -189,7 +216,14 @@ def emit_module(low: Lowering, ks: KernelSource, original=None) -> str:
         lines.append("#")
     lines += [f"# Kernel: {kname}",
               "#   " + _roles(low),
-              "#",
+              "#"]
+    if "split" in (getattr(low, "kernels", None) or {}):
+        lines += [
+            "# Split-K (flash-decoding): einsumc_kernel_split + einsumc_merge, run instead",
+            "#   when the rows are few (constant, or at most 16 per grid point) and the",
+            "#   programs too few for the key length; NSPLIT is chosen at launch (`_n_split`)",
+            "#"]
+    lines += [
               "# Usage:",
               "#   out = launch({" + ", ".join(f"{d.name!r}: ..." for d in prog.inputs)
               + "".join(f", {p!r}: ..." for p in prog.runtime_params) + "})",
@@ -204,17 +238,35 @@ def emit_module(low: Lowering, ks: KernelSource, original=None) -> str:
               "import triton.language as tl",
               ""]
     lines += HELPERS.strip("\n").split("\n")
-    lines += ["", ""]
-    nospec = ", ".join(repr(a) for a in ks.nospec)
-    lines.append(f"@triton.jit(do_not_specialize=[{nospec}])" if ks.nospec else "@triton.jit")
-    sig = [f"    {a}," for a in ks.args] + [f"    {c}: tl.constexpr," for c in ks.consts]
-    lines.append(f"def {kname}(")
-    lines += sig
-    lines.append("):")
-    lines += ["    " + ln if ln else "" for ln in ks.body]
+    kernels = getattr(low, "kernels", None) or {"main": ks}
+    for mode in ("main", "split", "merge"):
+        if mode in kernels:
+            lines += ["", ""]
+            lines += _kernel_def(kernels[mode])
     lines += RUNTIME.split("\n")
     lines += _launcher(low, ks, kname)
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _kernel_def(ks: KernelSource) -> list[str]:
+    lines = []
+    if ks.name == "einsumc_kernel_split":
+        lines.append("# split-K (flash-decoding): the loop of einsumc_kernel over one of NSPLIT "
+                     "contiguous ranges")
+        lines.append("# of its key tiles (launch axis 2); the partial running state goes to "
+                     "f32 scratch")
+    elif ks.name == "einsumc_merge":
+        lines.append("# split-K: merges the NSPLIT partial states (associative online-softmax "
+                     "merge), then")
+        lines.append("# computes and stores the outputs as einsumc_kernel's epilogue does")
+    nospec = ", ".join(repr(a) for a in ks.nospec)
+    lines.append(f"@triton.jit(do_not_specialize=[{nospec}])" if ks.nospec else "@triton.jit")
+    sig = [f"    {a}," for a in ks.args] + [f"    {c}: tl.constexpr," for c in ks.consts]
+    lines.append(f"def {ks.name}(")
+    lines += sig
+    lines.append("):")
+    lines += ["    " + ln if ln else "" for ln in ks.body]
+    return lines
 
 
 def _comment(s: str) -> str:
@@ -338,15 +390,37 @@ def _launcher(low: Lowering, ks: KernelSource, kname: str) -> list[str]:
     keys = [ks.args[i] for i, (k, _) in enumerate(ks.argkinds) if k == "extent"
             and _not_length(low, _[1] if isinstance(_, tuple) else _)]
     e(f"_tuned = triton.autotune(configs=CONFIGS, key={keys!r})(_heur)")
+    split = "split" in (getattr(low, "kernels", None) or {})
+    if split:
+        seen, wcfgs = set(), []
+        for c in GPU_CONFIGS:
+            if (c.num_warps, c.num_stages) not in seen:
+                seen.add((c.num_warps, c.num_stages))
+                wcfgs.append(f"triton.Config({{}}, num_warps={c.num_warps}, "
+                             f"num_stages={c.num_stages})")
+        e("#: split-K: rows are fixed, warps and stages are tuned")
+        e("CONFIGS_SPLIT = [")
+        for x in wcfgs:
+            e(f"    {x},")
+        e("]")
+        ks_s = low.kernels["split"]
+        skeys = [k for k in keys if k in ks_s.args]
+        e(f"_tuned_split = triton.autotune(configs=CONFIGS_SPLIT, key={skeys!r})"
+          f"({ks_s.name})")
     e("")
     e("")
+    steps = None
+    if split:
+        steps = f"ext[{low.var_rank[low.it]!r}]" + (f" * {low.sub[1]}" if low.sub else "")
     # ---- launch
     e("def launch(args, block_r=None, num_warps=None, num_stages=None, tf32=False, "
-      "autotune=None, interpret=False):")
+      "autotune=None, interpret=False, split=0):")
     e('    """Run the kernel. `args`: inputs (torch tensors, any strides, f16/bf16/f32) and')
     e("    run-time params by spec name. On CUDA tensors the config is autotuned unless")
     e("    block_r/num_warps/num_stages are given; `interpret`: this module was imported")
-    e('    under TRITON_INTERPRET=1 and the tensors are on the CPU."""')
+    e("    under TRITON_INTERPRET=1 and the tensors are on the CPU. `split`: key-range")
+    e("    splits (split-K, where the module has it): 0 chooses, 1 never splits, k > 1")
+    e('    forces k."""')
     e("    ext, src = {}, {}")
     known = [d.name for d in prog.inputs] + list(prog.runtime_params)
     e(f"    unknown = sorted(set(args) - set({known!r}))")
@@ -418,27 +492,7 @@ def _launcher(low: Lowering, ks: KernelSource, kname: str) -> list[str]:
     e("        raise EinsumcLaunchError(f'{n_grid} programs along launch axis 1 (the product "
       "of ' + " + repr(", ".join(low.grid_vars) or "-") + " + ') exceed 65535')")
     # arguments
-    call = []
-    for a, (kind, what) in zip(ks.args, ks.argkinds):
-        if kind == "ptr":
-            idx = [d.name for d in prog.inputs].index(what) if what in [d.name for d in prog.inputs] \
-                and a.startswith("in_") else None
-            if a.startswith("in_"):
-                call.append(f"x{[d.name for d in prog.inputs].index(what)}")
-            else:
-                call.append(f"y{[d.name for d in prog.outputs].index(what)}")
-        elif kind == "stride":
-            t, j = what
-            if a.startswith("s_") and t in [d.name for d in prog.inputs] and \
-                    any(x.startswith("in_") and w == t for x, (kk, w) in zip(ks.args, ks.argkinds)
-                        if kk == "ptr"):
-                pass
-            call.append(_stride_ref(prog, t, j))
-        elif kind == "extent":
-            call.append(f"ext[{what!r}]")
-        elif kind == "param":
-            call.append(f"prm[{what!r}]")
-    e("    kargs = [" + ", ".join(call) + "]")
+    e("    kargs = [" + ", ".join(_call_list(low, ks)) + "]")
     blocks = {low.block(v): low.block(v) for v, g in low.group.items() if g in ("C", "E", "F")}
     e("    consts = dict(" + ", ".join(f"{k}={v}" for k, v in blocks.items())
       + (", " if blocks else "") + "PREC='tf32' if tf32 else 'ieee', "
@@ -463,12 +517,35 @@ def _launcher(low: Lowering, ks: KernelSource, kname: str) -> list[str]:
             e(f"    consts[{low.block(v)!r}] = blk[{v!r}]")
         e("    grid = (n_rows(BLOCK_R), n_grid)")
         e("    tune = autotune if autotune is not None else (not interpret and num_warps is None)")
+        if split:
+            e(f"    steps = {steps}")
+            e("    nsplit = _n_split(split, n_rows(BLOCK_R) * n_grid, steps, dev) "
+              "if split != 1 else 1")
+            e("    if nsplit > 1:")
+            e("        BR, sconsts, tune_s = BLOCK_R, consts, tune")
+            L.extend(_split_launch(low, "n_rows(BR)", "        "))
         e("    if tune:")
         e(f"        _tuned[grid](*kargs, **consts)")
         e("    else:")
         e(f"        {kname}[grid](*kargs, **consts, num_warps=num_warps or 4, "
           "num_stages=num_stages or 2)")
     else:
+        if split:
+            rows_all = " * ".join(row_exts[v] for v in low.row_vars)
+            e(f"    steps = {steps}")
+            e("    # split-K when the rows are few (at most 16 per grid point: one 16-row "
+              "program)")
+            e(f"    if split != 1 and (({rows_all}) <= 16 or split > 1):")
+            e(f"        BR = 16 if ({rows_all}) <= 16 else (block_r or {DEFAULT.block_r})")
+            e("        nsplit = _n_split(split, n_rows(BR) * n_grid, steps, dev)")
+            e("        if nsplit > 1:")
+            e("            blk = _row_blocks(BR, ext)")
+            e("            sconsts = dict(consts, BLOCK_R=BR)")
+            for v in low.row_vars:
+                e(f"            sconsts[{low.block(v)!r}] = blk[{v!r}]")
+            e("            tune_s = autotune if autotune is not None else "
+              "(not interpret and num_warps is None)")
+            L.extend(_split_launch(low, "n_rows(BR)", "            "))
         e("    tune = autotune if autotune is not None else (not interpret and block_r is None)")
         e("    if tune:")
         e("        _tuned[lambda meta: (n_rows(meta['BLOCK_R']), n_grid)](*kargs, **consts)")
@@ -480,7 +557,63 @@ def _launcher(low: Lowering, ks: KernelSource, kname: str) -> list[str]:
         e(f"        {kname}[(n_rows(BLOCK_R), n_grid)](*kargs, **consts, BLOCK_R=BLOCK_R, "
           f"num_warps=num_warps or {DEFAULT.num_warps}, num_stages=num_stages or "
           f"{DEFAULT.num_stages})")
+    e("    LAST_LAUNCH.clear()")
+    e("    LAST_LAUNCH.update(kernel='main', nsplit=1)")
     e("    return result")
+    return L
+
+
+def _call_list(low: Lowering, ks: KernelSource) -> list[str]:
+    """Host-side code of a kernel's arguments, in order."""
+    prog = low.prog
+    call = []
+    for a, (kind, what) in zip(ks.args, ks.argkinds):
+        if kind == "ptr":
+            if a.startswith("in_"):
+                call.append(f"x{[d.name for d in prog.inputs].index(what)}")
+            else:
+                call.append(f"y{[d.name for d in prog.outputs].index(what)}")
+        elif kind == "stride":
+            t, j = what
+            call.append(_stride_ref(prog, t, j))
+        elif kind == "extent":
+            call.append(f"ext[{what!r}]")
+        elif kind == "param":
+            call.append(f"prm[{what!r}]")
+        elif kind == "scratch":
+            call.append(f"ws[{what!r}]")
+        elif kind == "nsplit":
+            call.append("nsplit")
+    return call
+
+
+def _split_launch(low: Lowering, rows: str, ind: str) -> list[str]:
+    """Host code of the split-K launch (`nsplit`, `sconsts`, `BR`, `tune_s` are bound)."""
+    ks_s, ks_m = low.kernels["split"], low.kernels["merge"]
+    L = []
+
+    def e(x):
+        L.append(ind + x)
+    e("# split-K: partial states of NSPLIT key ranges in f32 scratch, then the merge")
+    e(f"n_prog = {rows} * n_grid")
+    e("ws = {}")
+    for t in low.carried:
+        size = " * ".join("BR" if g == "R" else low._group_block(g)
+                          for g in low.carried_groups(t)) or "1"
+        e(f"ws[{t!r}] = torch.empty((nsplit * n_prog * {size},), dtype=torch.float32, "
+          "device=dev)")
+    e("sargs = [" + ", ".join(_call_list(low, ks_s)) + "]")
+    e("margs = [" + ", ".join(_call_list(low, ks_m)) + "]")
+    e(f"sgrid = ({rows}, n_grid, nsplit)")
+    e("if tune_s:")
+    e("    _tuned_split[sgrid](*sargs, **sconsts)")
+    e("else:")
+    e(f"    {ks_s.name}[sgrid](*sargs, **sconsts, num_warps=num_warps or 4, "
+      "num_stages=num_stages or 2)")
+    e(f"{ks_m.name}[({rows}, n_grid)](*margs, **sconsts, num_warps=4, num_stages=1)")
+    e("LAST_LAUNCH.clear()")
+    e("LAST_LAUNCH.update(kernel='split', nsplit=nsplit, grid=sgrid)")
+    e("return result")
     return L
 
 

@@ -1035,7 +1035,14 @@ class Lowering:
         return v, code
 
     # ------------------------------------------------------------------ the kernel
-    def build(self, max_tile: int = 64) -> "KernelSource":
+    def build(self, max_tile: int = 64, mode: str = "main") -> "KernelSource":
+        """The kernel's source. `mode`: "main", the one-program-per-row-tile kernel;
+        "split" (split-K, only when `split_k()` is None), the same loop over one of
+        NSPLIT contiguous ranges of its tiles (launch axis 2), storing the partial running
+        state to f32 scratch; "merge", the associative online-softmax merge of the
+        NSPLIT partial states followed by the epilogue."""
+        self.mode = mode
+        self.tmp = 0
         self.sub = None
         if self.cvar is not None:
             m0 = self._const_rank(self.var_rank[self.cvar])
@@ -1067,6 +1074,8 @@ class Lowering:
             self.row_pad = f"r < {used_rows}"
         em("pid_rows = tl.program_id(0)")
         em("pid_grid = tl.program_id(1)")
+        if mode == "split":
+            em("pid_split = tl.program_id(2)")
         # row tiles: mixed radix over row vars (primary fastest)
         rest = "pid_rows"
         for v in reversed(row_vars):
@@ -1103,16 +1112,31 @@ class Lowering:
         for v, g in self.group.items():
             if g in ("C", "E", "F") and not (g == "C" and self.sub):
                 em(f"{self.nm('var', v)} = tl.arange(0, {self.block(v)})")
-        # ---- prologue statements (loop invariant)
-        for e in self.pro:
+        # ---- prologue statements (loop invariant); the merge computes only what the
+        # epilogue reads
+        pro = self.pro if mode == "main" else [] if mode == "split" else self._epi_deps()
+        for e in pro:
             em(f"# {print_einsum(e)}")
             v = self.statement(e, root)
             self.store_tensor(e, v, root, root)
         # ---- initial iterates of the running tensors
         carried: dict[str, str] = {}
+        if mode != "main":
+            self.online = self.online_state()
         for e in self.init:
-            em(f"# {print_einsum(e)}")
             gs = _canon({self.group[v] for v in e.lhs_vars if self.group.get(v)})
+            if mode == "split":
+                # a split starts empty: running max -inf, running sums 0 (the merge starts
+                # from the spec's initial iterates)
+                name = self.nm("carry", e.tensor)
+                ident = "float('-inf')" if e.tensor == self.online[0] else "0.0"
+                em(f"# {e.tensor}: this split's state starts empty")
+                shape = "[" + ", ".join(self._group_block(x) for x in gs) + "]"
+                em(f"{name} = tl.full({shape}, {ident}, tl.float32)")
+                carried[e.tensor] = name
+                root.put(("tensor", e.tensor, "prev"), Val(name, gs, TRUE, None, True, True))
+                continue
+            em(f"# {print_einsum(e)}")
             v = self.ev(e.rhs, gs, root)
             if v.pres:
                 _fail(f"the initial iterate `{print_einsum(e)}` may be absent; not supported",
@@ -1130,8 +1154,10 @@ class Lowering:
         if missing:
             _fail(f"running tensor(s) {', '.join(sorted(missing))} have no initial iterate",
                   prog)
-        # ---- the loop
-        loop_lines = self.gen_loops(root)
+        # ---- the loop (the merge of the partial states, for the merge kernel)
+        loop_lines = self.gen_merge(root) if mode == "merge" else self.gen_loops(root)
+        if mode == "split":
+            return self.assemble(root.lines + loop_lines + self.store_partials(root))
         # ---- epilogue
         epi = Scope(root, unmasked=False)
         for t, name in carried.items():
@@ -1318,6 +1344,12 @@ class Lowering:
                        f"{sub}: the running state merges sub-tiles exactly as tiles")
         out.append(f"loop_lo = ({lo}){mul}")
         out.append(f"loop_hi = tl.maximum(({hi}){mul}, loop_lo)")
+        if self.mode == "split":
+            out.append("# split-K: this program runs split pid_split of NSPLIT contiguous "
+                       "ranges of [loop_lo, loop_hi)")
+            out.append("n_chunk = (loop_hi - loop_lo + NSPLIT - 1) // NSPLIT")
+            out.append("loop_lo = tl.minimum(loop_lo + pid_split * n_chunk, loop_hi)")
+            out.append("loop_hi = tl.minimum(loop_lo + n_chunk, loop_hi)")
         masked = Scope(root, unmasked=False)
         self.gen_body(masked)
         if full is not None:
@@ -1358,6 +1390,72 @@ class Lowering:
                 f"    {c} = (j % {nsub}) * {self.block(self.cvar)} + "
                 f"tl.arange(0, {self.block(self.cvar)})"]
 
+    # ------------------------------------------------------------------ split-K
+    def _epi_deps(self) -> list:
+        """Prologue statements that the epilogue reads (transitively)."""
+        pro = {e.tensor: e for e in self.pro}
+        need, todo = set(), [a.tensor for e in self.epi for a in _accesses(e)]
+        while todo:
+            t = todo.pop()
+            if t in pro and t not in need:
+                need.add(t)
+                todo += [a.tensor for a in _accesses(pro[t])]
+        return [e for e in self.pro if e.tensor in need]
+
+    def carried_groups(self, t: str) -> tuple:
+        info = self.prog.tensors[t]
+        return _canon({self.group[v] for j, v in enumerate(info.axes)
+                       if j != info.iter_axis and self.group.get(v)})
+
+    def _scratch(self, t: str, split: str) -> str:
+        """Pointers of the scratch lanes of running tensor t for split `split`: one f32
+        block per (split, grid program, row program), lanes in the block's layout."""
+        gs = self.carried_groups(t)
+        size = " * ".join(self._group_block(g) for g in gs) or "1"
+        lane_var = {"R": "r", "F": self.nm("var", self.fvar) if self.fvar else None}
+        offs, inner = [], "1"
+        for g in reversed(gs):
+            term = lane_var[g] if inner == "1" else f"{lane_var[g]} * {inner}"
+            offs.append(_bcast(f"({term})", (g,), gs))
+            inner = self._group_block(g) if inner == "1" else f"{inner} * {self._group_block(g)}"
+        prog = (f"((tl.cast({split}, tl.int64) * tl.num_programs(1) + pid_grid) "
+                f"* tl.num_programs(0) + pid_rows)")
+        ptr = f"{self.nm('scratch', t)} + {prog} * ({size})"
+        return ptr + "".join(f" + {o}" for o in reversed(offs))
+
+    def store_partials(self, root) -> list[str]:
+        out = ["# split-K: this split's partial state (running max and sums) for the merge"]
+        for t, name in self.carried.items():
+            out.append(f"tl.store({self._scratch(t, 'pid_split')}, {name})")
+        return out
+
+    def gen_merge(self, root) -> list[str]:
+        """The associative online-softmax merge of the NSPLIT partial states, starting from
+        the spec's initial iterates (already in the carried values):
+            m' = max(m, m_s);  T' = T * exp(m - m') + T_s * exp(m_s - m')
+        with exp(-inf - -inf) = 0 (`_ein_sub`): a split that saw no key holds (-inf, 0)
+        and contributes nothing; a row without any key ends with T = 0."""
+        rm, sums = self.online
+        cm = self.carried[rm]
+        rgs = self.carried_groups(rm)
+        out = ["# split-K merge: the partial states of the NSPLIT key ranges, in order",
+               "for s in range(0, NSPLIT):"]
+        b = "    "
+        out.append(f"{b}p_m = tl.load({self._scratch(rm, 's')})")
+        out.append(f"{b}m_new = tl.maximum({cm}, p_m)")
+        out.append(f"{b}alpha = tl.exp(_ein_sub({cm}, m_new))")
+        out.append(f"{b}beta = tl.exp(_ein_sub(p_m, m_new))")
+        for k, t in enumerate(sums):
+            c = self.carried[t]
+            gs = self.carried_groups(t)
+            if not set(rgs) <= set(gs):
+                _fail(f"internal: running sum '{t}' lacks a rank of the running max", self.prog)
+            out.append(f"{b}p_{k} = tl.load({self._scratch(t, 's')})")
+            out.append(f"{b}{c} = {c} * {_bcast('alpha', rgs, gs)} + p_{k} * "
+                       f"{_bcast('beta', rgs, gs)}")
+        out.append(f"{b}{cm} = m_new")
+        return out
+
     def splittable(self) -> str | None:
         """None when the loop's running state is an online normalization (FuseMax
         Cascade 5): a running max `RM[v+1] = max(RM[v], LM)` of a tile max `LM`, and
@@ -1365,6 +1463,13 @@ class Lowering:
         sum over the tile of a product with one factor `exp(X - RM[v+1])`. Such a state
         absorbs a tile in sub-tiles exactly as in one step (the same algebra merges
         partial states), so the tile rank may run in smaller blocks. Else: why not."""
+        st = self.online_state()
+        return st if isinstance(st, str) else None
+
+    def online_state(self):
+        """(running max tensor, [running sum tensors]) when the loop state is an online
+        normalization (see `splittable`), else a string saying why not. Derived from the
+        structure of the recurrences, never from tensor names."""
         it, c = self.it, self.cvar
         defs = {e.tensor: e for e in self.body}
         recs = [e for e in self.body if e.kind == "recur"]
@@ -1455,6 +1560,39 @@ class Lowering:
                     y.tensor in carried or reads_state(y.tensor))
                     for f in others for y in N.walk(f)):
                 return f"the tile term of '{e.tensor}' is not a sum of exp(X - RM[v+1]) * ..."
+        return rm.tensor, [e.tensor for e in recs if e is not rm]
+
+    def split_k(self) -> str | None:
+        """None when the key rank may be split across programs (flash-decoding): the loop
+        state is an online normalization (`online_state`), so partial states of disjoint
+        key ranges merge exactly with the associative merge
+            m = max(m_a, m_b);  T = T_a * exp(m_a - m) + T_b * exp(m_b - m)
+        (exp(-inf - -inf) = 0: a range without a present key contributes nothing), and the
+        outputs read only the final iterates. Else: why not."""
+        if self.cvar is None:
+            return "no tile rank under the loop"
+        st = self.online_state()
+        if isinstance(st, str):
+            return st
+        rm, sums = st
+        inits = {e.tensor: e for e in self.init}
+        if set(inits) != {rm, *sums}:
+            return "the initial iterates are not exactly the running max and sums"
+        for t in (rm, *sums):
+            info = self.prog.tensors[t]
+            gs = {self.group.get(v) for j, v in enumerate(info.axes) if j != info.iter_axis}
+            if not gs <= {None, "R", "F"}:
+                return f"the running tensor '{t}' varies along a tile or contracted rank"
+        r0 = inits[rm].rhs
+        if isinstance(r0, N.Num) and r0.value == -math.inf or (
+                isinstance(r0, N.Unary) and r0.op == "-" and isinstance(r0.operand, N.Num)
+                and r0.operand.value == math.inf):
+            # an empty start: the sums must start at 0 (else no split is exact when the
+            # whole key range is empty)
+            for t in sums:
+                z = inits[t].rhs
+                if not (isinstance(z, N.Num) and z.value == 0):
+                    return f"'{t}' starts at a nonzero value under a running max of -inf"
         return None
 
     def _body_lines(self, masked, holes, root) -> list[str]:
@@ -1540,6 +1678,12 @@ class Lowering:
         for p in params:
             args.append(self.nm("param", p))
             argkinds.append(("param", p))
+        if self.mode != "main":
+            for t in self.carried:
+                args.append(self.nm("scratch", t))
+                argkinds.append(("scratch", t))
+            args.append("NSPLIT")
+            argkinds.append(("nsplit", None))
         blocks = ["BLOCK_R"]
         for v in self.secondary:
             blocks.append(self.block(v))
@@ -1549,11 +1693,14 @@ class Lowering:
             if g in ("C", "E", "F"):
                 blocks.append(self.block(v))
         consts = blocks + ["PREC", "UPCAST"]
-        nospec = [a for a, (k, _) in zip(args, argkinds) if k in ("extent", "param")]
-        self.kernel_args = args
-        self.kernel_argkinds = argkinds
-        self.kernel_consts = consts
-        return KernelSource(self, args, argkinds, consts, nospec, body)
+        nospec = [a for a, (k, _) in zip(args, argkinds) if k in ("extent", "param", "nsplit")]
+        name = {"main": "einsumc_kernel", "split": "einsumc_kernel_split",
+                "merge": "einsumc_merge"}[self.mode]
+        if self.mode == "main":
+            self.kernel_args = args
+            self.kernel_argkinds = argkinds
+            self.kernel_consts = consts
+        return KernelSource(self, args, argkinds, consts, nospec, body, name)
 
 
 class _NotAffine(Exception):
@@ -1597,6 +1744,7 @@ class KernelSource:
     consts: list
     nospec: list
     body: list
+    name: str = "einsumc_kernel"
 
 
 # =============================================================================== utilities

@@ -27,6 +27,12 @@ def generate(program: Program, config: Config = DEFAULT) -> tuple[str, Lowering]
     lowered, how = prepare(program, tile=config.tile)
     low = Lowering(lowered, how, original=program)
     ks = low.build()
+    kernels = {"main": ks}
+    low.split_why = low.split_k()
+    if low.split_why is None:  # split-K (flash-decoding): a split kernel and a merge kernel
+        kernels["split"] = low.build(mode="split")
+        kernels["merge"] = low.build(mode="merge")
+    low.kernels = kernels
     from .emit import emit_module
     return emit_module(low, ks, original=program), low
 
@@ -85,7 +91,7 @@ class TritonProgram:
         opts = {}
         if cfg is not None:
             opts = dict(block_r=cfg.block_r, num_warps=cfg.num_warps,
-                        num_stages=cfg.num_stages, tf32=cfg.tf32)
+                        num_stages=cfg.num_stages, tf32=cfg.tf32, split=cfg.split)
         try:
             if interpret:  # NumPy evaluates both sides of every tl.where: quiet its warnings
                 import numpy as np

@@ -35,6 +35,10 @@
 # Kernel: einsumc_kernel
 #   grid axis 1: b, h; grid axis 0 (row tiles): p; loop: m1; C block: m0; E block: e; F block: f
 #
+# Split-K (flash-decoding): einsumc_kernel_split + einsumc_merge, run instead
+#   when the rows are few (constant, or at most 16 per grid point) and the
+#   programs too few for the key length; NSPLIT is chosen at launch (`_n_split`)
+#
 # Usage:
 #   out = launch({'Q': ..., 'K': ..., 'V': ...})
 #   # -> dict of output tensors: 'O'
@@ -278,6 +282,237 @@ def einsumc_kernel(
     tl.store(out_O + tl.cast(i_b, tl.int64) * s_O_0 + tl.cast(i_h, tl.int64) * s_O_1 + ((i_f * s_O_2))[None, :] + ((i_p * s_O_3))[:, None], (t_O).to(out_O.dtype.element_ty), mask=mask5[:, None])
 
 
+# split-K (flash-decoding): the loop of einsumc_kernel over one of NSPLIT contiguous ranges
+# of its key tiles (launch axis 2); the partial running state goes to f32 scratch
+@triton.jit(do_not_specialize=['n_B', 'n_H', 'n_M', 'n_M1', 'n_P', 'NSPLIT'])
+def einsumc_kernel_split(
+    in_Q,
+    s_Q_0,
+    s_Q_1,
+    s_Q_2,
+    s_Q_3,
+    in_K,
+    s_K_0,
+    s_K_1,
+    s_K_2,
+    s_K_3,
+    in_V,
+    s_V_0,
+    s_V_1,
+    s_V_2,
+    s_V_3,
+    out_O,
+    s_O_0,
+    s_O_1,
+    s_O_2,
+    s_O_3,
+    n_B,
+    n_H,
+    n_M,
+    n_M1,
+    n_P,
+    ws_RM,
+    ws_RD,
+    ws_RNV,
+    NSPLIT,
+    BLOCK_R: tl.constexpr,
+    BLK_p: tl.constexpr,
+    BLK_f: tl.constexpr,
+    BLK_m0: tl.constexpr,
+    BLK_e: tl.constexpr,
+    PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    r = tl.arange(0, BLOCK_R)
+    pid_rows = tl.program_id(0)
+    pid_grid = tl.program_id(1)
+    pid_split = tl.program_id(2)
+    tile_i_p = pid_rows % ((n_P + BLK_p - 1) // BLK_p)
+    rest1 = pid_rows // ((n_P + BLK_p - 1) // BLK_p)
+    i_p = tile_i_p * BLK_p + r
+    lo_i_p = tile_i_p * BLK_p
+    hi_i_p = tl.minimum(tile_i_p * BLK_p + BLK_p, n_P) - 1
+    i_h = pid_grid % n_H
+    rest2 = pid_grid // n_H
+    i_b = rest2 % n_B
+    i_f = tl.arange(0, BLK_f)
+    i_e = tl.arange(0, BLK_e)
+    # RM: this split's state starts empty
+    c_RM = tl.full([BLOCK_R], float('-inf'), tl.float32)
+    # RD: this split's state starts empty
+    c_RD = tl.full([BLOCK_R], 0.0, tl.float32)
+    # RNV: this split's state starts empty
+    c_RNV = tl.full([BLOCK_R, BLK_f], 0.0, tl.float32)
+    base3 = in_Q + tl.cast(i_b, tl.int64) * s_Q_0 + tl.cast(i_h, tl.int64) * s_Q_1
+    mask5 = i_p < n_P
+    ld_Q_4 = tl.load(base3 + ((i_e * s_Q_2))[None, :] + ((i_p * s_Q_3))[:, None], mask=mask5[:, None], other=0.0)
+    # the loop over m1: tiles [lo, hi) can hold present points
+    # each tile of m0 (M0 = 256) runs as 4 sub-tiles of 64: the running state merges sub-tiles exactly as tiles
+    loop_lo = (0) * 4
+    loop_hi = tl.maximum((tl.minimum((_ein_fdiv((-1 + n_M), 256) + 1), n_M1)) * 4, loop_lo)
+    # split-K: this program runs split pid_split of NSPLIT contiguous ranges of [loop_lo, loop_hi)
+    n_chunk = (loop_hi - loop_lo + NSPLIT - 1) // NSPLIT
+    loop_lo = tl.minimum(loop_lo + pid_split * n_chunk, loop_hi)
+    loop_hi = tl.minimum(loop_lo + n_chunk, loop_hi)
+    # tiles [full_lo, full_hi) are fully unmasked: no mask arithmetic
+    full_lo = loop_lo
+    full_hi = tl.minimum(tl.maximum(((_ein_fdiv((-256 + n_M), 256) + 1)) * 4, full_lo), loop_hi)
+    n_head = full_lo - loop_lo
+    n_masked = n_head + (loop_hi - full_hi)
+    for step in range(0, n_masked):
+        j = tl.where(step < n_head, loop_lo + step, full_hi + step - n_head)
+        i_m1 = j // 4
+        i_m0 = (j % 4) * BLK_m0 + tl.arange(0, BLK_m0)
+        # BQK[b, h, m1, m0, p] = Q[b, h, e, p] * K[b, h, e, m1 * M0 + m0] / sqrt(E)
+        base6 = in_K + tl.cast(i_b, tl.int64) * s_K_0 + tl.cast(i_h, tl.int64) * s_K_1 + tl.cast((256 * i_m1), tl.int64) * s_K_3
+        mask8 = ((i_m1 * 256) + i_m0) < n_M
+        ld_K_7 = tl.load(base6 + ((i_e * s_K_2))[:, None] + ((i_m0 * s_K_3))[None, :], mask=mask8[None, :], other=0.0)
+        dot9 = _ein_dot(ld_Q_4, ld_K_7, PREC, UPCAST)
+        t_BQK = (dot9 / tl.sqrt((64 * 1.0)))
+        # LM[b, h, m1, p] = BQK[b, h, m1, m0, p] :: max(m0)
+        w10 = tl.where(mask8[None, :], t_BQK, float('-inf'))
+        t_LM = tl.reduce(w10, 1, _ein_max)
+        # RM[b, h, m1+1, p] = max(RM[b, h, m1, p], LM[b, h, m1, p])
+        c_RM_next = tl.maximum(c_RM, t_LM)
+        # SLN[b, h, m1, m0, p] = exp(BQK[b, h, m1, m0, p] - RM[b, h, m1 + 1, p])
+        t_SLN = tl.exp((t_BQK - c_RM_next[:, None]))
+        # SLD[b, h, m1, p] = SLN[b, h, m1, m0, p]
+        w11 = tl.where(mask8[None, :], t_SLN, 0.0)
+        t_SLD = tl.reduce(w11, 1, _ein_sum)
+        # SLNV[b, h, f, m1, p] = SLN[b, h, m1, m0, p] * V[b, h, f, m1 * M0 + m0]
+        base12 = in_V + tl.cast(i_b, tl.int64) * s_V_0 + tl.cast(i_h, tl.int64) * s_V_1 + tl.cast((256 * i_m1), tl.int64) * s_V_3
+        ld_V_13 = tl.load(base12 + ((i_f * s_V_2))[None, :] + ((i_m0 * s_V_3))[:, None], mask=mask8[:, None], other=0.0)
+        dot14 = _ein_dot(w11, ld_V_13, PREC, UPCAST)
+        t_SLNV = dot14
+        # PRM[b, h, m1, p] = exp(RM[b, h, m1, p] - RM[b, h, m1 + 1, p])
+        t_PRM = tl.exp(_ein_sub(c_RM, c_RM_next))
+        # SPD[b, h, m1, p] = RD[b, h, m1, p] * PRM[b, h, m1, p]
+        t_SPD = (c_RD * t_PRM)
+        # RD[b, h, m1+1, p] = SLD[b, h, m1, p] + SPD[b, h, m1, p]
+        c_RD_next = (t_SLD + t_SPD)
+        # SPNV[b, h, f, m1, p] = RNV[b, h, f, m1, p] * PRM[b, h, m1, p]
+        t_SPNV = (c_RNV * t_PRM[:, None])
+        # RNV[b, h, f, m1+1, p] = SLNV[b, h, f, m1, p] + SPNV[b, h, f, m1, p]
+        c_RNV_next = (t_SLNV + t_SPNV)
+        c_RD = c_RD_next
+        c_RM = c_RM_next
+        c_RNV = c_RNV_next
+    for j in range(full_lo, full_hi):
+        i_m1 = j // 4
+        i_m0 = (j % 4) * BLK_m0 + tl.arange(0, BLK_m0)
+        # BQK[b, h, m1, m0, p] = Q[b, h, e, p] * K[b, h, e, m1 * M0 + m0] / sqrt(E)
+        base15 = in_K + tl.cast(i_b, tl.int64) * s_K_0 + tl.cast(i_h, tl.int64) * s_K_1 + tl.cast((256 * i_m1), tl.int64) * s_K_3
+        ld_K_16 = tl.load(base15 + ((i_e * s_K_2))[:, None] + ((i_m0 * s_K_3))[None, :])
+        dot17 = _ein_dot(ld_Q_4, ld_K_16, PREC, UPCAST)
+        t_BQK = (dot17 / tl.sqrt((64 * 1.0)))
+        # LM[b, h, m1, p] = BQK[b, h, m1, m0, p] :: max(m0)
+        t_LM = tl.reduce(t_BQK, 1, _ein_max)
+        # RM[b, h, m1+1, p] = max(RM[b, h, m1, p], LM[b, h, m1, p])
+        c_RM_next = tl.maximum(c_RM, t_LM)
+        # SLN[b, h, m1, m0, p] = exp(BQK[b, h, m1, m0, p] - RM[b, h, m1 + 1, p])
+        t_SLN = tl.exp((t_BQK - c_RM_next[:, None]))
+        # SLD[b, h, m1, p] = SLN[b, h, m1, m0, p]
+        t_SLD = tl.reduce(t_SLN, 1, _ein_sum)
+        # SLNV[b, h, f, m1, p] = SLN[b, h, m1, m0, p] * V[b, h, f, m1 * M0 + m0]
+        base18 = in_V + tl.cast(i_b, tl.int64) * s_V_0 + tl.cast(i_h, tl.int64) * s_V_1 + tl.cast((256 * i_m1), tl.int64) * s_V_3
+        ld_V_19 = tl.load(base18 + ((i_f * s_V_2))[None, :] + ((i_m0 * s_V_3))[:, None])
+        dot20 = _ein_dot(t_SLN, ld_V_19, PREC, UPCAST)
+        t_SLNV = dot20
+        # PRM[b, h, m1, p] = exp(RM[b, h, m1, p] - RM[b, h, m1 + 1, p])
+        t_PRM = tl.exp(_ein_sub(c_RM, c_RM_next))
+        # SPD[b, h, m1, p] = RD[b, h, m1, p] * PRM[b, h, m1, p]
+        t_SPD = (c_RD * t_PRM)
+        # RD[b, h, m1+1, p] = SLD[b, h, m1, p] + SPD[b, h, m1, p]
+        c_RD_next = (t_SLD + t_SPD)
+        # SPNV[b, h, f, m1, p] = RNV[b, h, f, m1, p] * PRM[b, h, m1, p]
+        t_SPNV = (c_RNV * t_PRM[:, None])
+        # RNV[b, h, f, m1+1, p] = SLNV[b, h, f, m1, p] + SPNV[b, h, f, m1, p]
+        c_RNV_next = (t_SLNV + t_SPNV)
+        c_RD = c_RD_next
+        c_RM = c_RM_next
+        c_RNV = c_RNV_next
+    # split-K: this split's partial state (running max and sums) for the merge
+    tl.store(ws_RM + ((tl.cast(pid_split, tl.int64) * tl.num_programs(1) + pid_grid) * tl.num_programs(0) + pid_rows) * (BLOCK_R) + (r), c_RM)
+    tl.store(ws_RD + ((tl.cast(pid_split, tl.int64) * tl.num_programs(1) + pid_grid) * tl.num_programs(0) + pid_rows) * (BLOCK_R) + (r), c_RD)
+    tl.store(ws_RNV + ((tl.cast(pid_split, tl.int64) * tl.num_programs(1) + pid_grid) * tl.num_programs(0) + pid_rows) * (BLOCK_R * BLK_f) + ((r * BLK_f))[:, None] + ((i_f))[None, :], c_RNV)
+
+
+# split-K: merges the NSPLIT partial states (associative online-softmax merge), then
+# computes and stores the outputs as einsumc_kernel's epilogue does
+@triton.jit(do_not_specialize=['n_B', 'n_H', 'n_P', 'NSPLIT'])
+def einsumc_merge(
+    in_Q,
+    s_Q_0,
+    s_Q_1,
+    s_Q_2,
+    s_Q_3,
+    in_K,
+    s_K_0,
+    s_K_1,
+    s_K_2,
+    s_K_3,
+    in_V,
+    s_V_0,
+    s_V_1,
+    s_V_2,
+    s_V_3,
+    out_O,
+    s_O_0,
+    s_O_1,
+    s_O_2,
+    s_O_3,
+    n_B,
+    n_H,
+    n_P,
+    ws_RM,
+    ws_RD,
+    ws_RNV,
+    NSPLIT,
+    BLOCK_R: tl.constexpr,
+    BLK_p: tl.constexpr,
+    BLK_f: tl.constexpr,
+    BLK_m0: tl.constexpr,
+    BLK_e: tl.constexpr,
+    PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    r = tl.arange(0, BLOCK_R)
+    pid_rows = tl.program_id(0)
+    pid_grid = tl.program_id(1)
+    tile_i_p = pid_rows % ((n_P + BLK_p - 1) // BLK_p)
+    rest1 = pid_rows // ((n_P + BLK_p - 1) // BLK_p)
+    i_p = tile_i_p * BLK_p + r
+    lo_i_p = tile_i_p * BLK_p
+    hi_i_p = tl.minimum(tile_i_p * BLK_p + BLK_p, n_P) - 1
+    i_h = pid_grid % n_H
+    rest2 = pid_grid // n_H
+    i_b = rest2 % n_B
+    i_f = tl.arange(0, BLK_f)
+    i_e = tl.arange(0, BLK_e)
+    # RM[b, h, m1=0, p] = -inf
+    c_RM = tl.full([BLOCK_R], 0.0, tl.float32) + (-float('inf'))
+    # RD[b, h, m1=0, p] = 0
+    c_RD = tl.full([BLOCK_R], 0.0, tl.float32) + 0.0
+    # RNV[b, h, f, m1=0, p] = 0
+    c_RNV = tl.full([BLOCK_R, BLK_f], 0.0, tl.float32) + 0.0
+    mask3 = i_p < n_P
+    # split-K merge: the partial states of the NSPLIT key ranges, in order
+    for s in range(0, NSPLIT):
+        p_m = tl.load(ws_RM + ((tl.cast(s, tl.int64) * tl.num_programs(1) + pid_grid) * tl.num_programs(0) + pid_rows) * (BLOCK_R) + (r))
+        m_new = tl.maximum(c_RM, p_m)
+        alpha = tl.exp(_ein_sub(c_RM, m_new))
+        beta = tl.exp(_ein_sub(p_m, m_new))
+        p_0 = tl.load(ws_RD + ((tl.cast(s, tl.int64) * tl.num_programs(1) + pid_grid) * tl.num_programs(0) + pid_rows) * (BLOCK_R) + (r))
+        c_RD = c_RD * alpha + p_0 * beta
+        p_1 = tl.load(ws_RNV + ((tl.cast(s, tl.int64) * tl.num_programs(1) + pid_grid) * tl.num_programs(0) + pid_rows) * (BLOCK_R * BLK_f) + ((r * BLK_f))[:, None] + ((i_f))[None, :])
+        c_RNV = c_RNV * alpha[:, None] + p_1 * beta[:, None]
+        c_RM = m_new
+    # O[b, h, f, p] = RNV[b, h, f, M1, p] / RD[b, h, M1, p]
+    t_O = _ein_div(c_RNV, c_RD[:, None])
+    # store O
+    tl.store(out_O + tl.cast(i_b, tl.int64) * s_O_0 + tl.cast(i_h, tl.int64) * s_O_1 + ((i_f * s_O_2))[None, :] + ((i_p * s_O_3))[:, None], (t_O).to(out_O.dtype.element_ty), mask=mask3[:, None])
+
+
 class EinsumcLaunchError(ValueError):
     """A problem with the arguments of a launch (shapes, dtypes, params)."""
 
@@ -336,6 +571,33 @@ def _param(args, name, integer):
     return v
 
 
+#: what the last launch ran (kernel, NSPLIT, grid): for tests and debugging
+LAST_LAUNCH = {}
+#: split-K: key-loop steps per split at least; programs wanted per SM
+SPLIT_MIN_STEPS = 4
+SPLIT_PROGRAMS_PER_SM = 2
+#: the interpreter has no SMs: it plans for a notional small GPU, so that small shapes
+#: exercise the split path
+INTERPRET_SMS = 8
+
+
+def _n_split(split, programs, steps, dev):
+    """Key-range splits (NSPLIT) for a launch of `programs` programs whose loop runs at most
+    `steps` steps: 1 (no split) when the programs fill the GPU; `split` > 0 forces it."""
+    if steps <= 1 or programs <= 0:
+        return 1
+    if split:
+        return max(1, min(int(split), steps, 4096))
+    if dev.type == "cuda":
+        sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    else:
+        sms = INTERPRET_SMS
+    target = SPLIT_PROGRAMS_PER_SM * sms
+    if programs >= target:
+        return 1
+    return max(1, min(-(-target // programs), steps // SPLIT_MIN_STEPS, 4096))
+
+
 
 def _row_blocks(BLOCK_R, ext):
     """Block sizes of the row ranks of a program (secondary ranks first)."""
@@ -363,13 +625,23 @@ CONFIGS = [
     triton.Config({'BLOCK_R': 128}, num_warps=8, num_stages=3),
 ]
 _tuned = triton.autotune(configs=CONFIGS, key=[])(_heur)
+#: split-K: rows are fixed, warps and stages are tuned
+CONFIGS_SPLIT = [
+    triton.Config({}, num_warps=4, num_stages=2),
+    triton.Config({}, num_warps=8, num_stages=2),
+    triton.Config({}, num_warps=4, num_stages=3),
+    triton.Config({}, num_warps=8, num_stages=3),
+]
+_tuned_split = triton.autotune(configs=CONFIGS_SPLIT, key=[])(einsumc_kernel_split)
 
 
-def launch(args, block_r=None, num_warps=None, num_stages=None, tf32=False, autotune=None, interpret=False):
+def launch(args, block_r=None, num_warps=None, num_stages=None, tf32=False, autotune=None, interpret=False, split=0):
     """Run the kernel. `args`: inputs (torch tensors, any strides, f16/bf16/f32) and
     run-time params by spec name. On CUDA tensors the config is autotuned unless
     block_r/num_warps/num_stages are given; `interpret`: this module was imported
-    under TRITON_INTERPRET=1 and the tensors are on the CPU."""
+    under TRITON_INTERPRET=1 and the tensors are on the CPU. `split`: key-range
+    splits (split-K, where the module has it): 0 chooses, 1 never splits, k > 1
+    forces k."""
     ext, src = {}, {}
     unknown = sorted(set(args) - set(['Q', 'K', 'V']))
     if unknown:
@@ -446,6 +718,33 @@ def launch(args, block_r=None, num_warps=None, num_stages=None, tf32=False, auto
     def n_rows(BLOCK_R):
         blk = _row_blocks(BLOCK_R, ext)
         return (((ext['P']) + blk['p'] - 1) // blk['p'])
+    steps = ext['M1'] * 4
+    # split-K when the rows are few (at most 16 per grid point: one 16-row program)
+    if split != 1 and ((ext['P']) <= 16 or split > 1):
+        BR = 16 if (ext['P']) <= 16 else (block_r or 64)
+        nsplit = _n_split(split, n_rows(BR) * n_grid, steps, dev)
+        if nsplit > 1:
+            blk = _row_blocks(BR, ext)
+            sconsts = dict(consts, BLOCK_R=BR)
+            sconsts['BLK_p'] = blk['p']
+            tune_s = autotune if autotune is not None else (not interpret and num_warps is None)
+            # split-K: partial states of NSPLIT key ranges in f32 scratch, then the merge
+            n_prog = n_rows(BR) * n_grid
+            ws = {}
+            ws['RM'] = torch.empty((nsplit * n_prog * BR,), dtype=torch.float32, device=dev)
+            ws['RD'] = torch.empty((nsplit * n_prog * BR,), dtype=torch.float32, device=dev)
+            ws['RNV'] = torch.empty((nsplit * n_prog * BR * BLK_f,), dtype=torch.float32, device=dev)
+            sargs = [x0, x0.stride(0), x0.stride(1), x0.stride(2), x0.stride(3), x1, x1.stride(0), x1.stride(1), x1.stride(2), x1.stride(3), x2, x2.stride(0), x2.stride(1), x2.stride(2), x2.stride(3), y0, y0.stride(0), y0.stride(1), y0.stride(2), y0.stride(3), ext['B'], ext['H'], ext['M'], ext['M1'], ext['P'], ws['RM'], ws['RD'], ws['RNV'], nsplit]
+            margs = [x0, x0.stride(0), x0.stride(1), x0.stride(2), x0.stride(3), x1, x1.stride(0), x1.stride(1), x1.stride(2), x1.stride(3), x2, x2.stride(0), x2.stride(1), x2.stride(2), x2.stride(3), y0, y0.stride(0), y0.stride(1), y0.stride(2), y0.stride(3), ext['B'], ext['H'], ext['P'], ws['RM'], ws['RD'], ws['RNV'], nsplit]
+            sgrid = (n_rows(BR), n_grid, nsplit)
+            if tune_s:
+                _tuned_split[sgrid](*sargs, **sconsts)
+            else:
+                einsumc_kernel_split[sgrid](*sargs, **sconsts, num_warps=num_warps or 4, num_stages=num_stages or 2)
+            einsumc_merge[(n_rows(BR), n_grid)](*margs, **sconsts, num_warps=4, num_stages=1)
+            LAST_LAUNCH.clear()
+            LAST_LAUNCH.update(kernel='split', nsplit=nsplit, grid=sgrid)
+            return result
     tune = autotune if autotune is not None else (not interpret and block_r is None)
     if tune:
         _tuned[lambda meta: (n_rows(meta['BLOCK_R']), n_grid)](*kargs, **consts)
@@ -454,4 +753,6 @@ def launch(args, block_r=None, num_warps=None, num_stages=None, tf32=False, auto
         blk = _row_blocks(BLOCK_R, ext)
         consts['BLK_p'] = blk['p']
         einsumc_kernel[(n_rows(BLOCK_R), n_grid)](*kargs, **consts, BLOCK_R=BLOCK_R, num_warps=num_warps or 4, num_stages=num_stages or 2)
+    LAST_LAUNCH.clear()
+    LAST_LAUNCH.update(kernel='main', nsplit=1)
     return result
