@@ -15,7 +15,7 @@ import os
 from ...diagnostics import EinsumcError, error
 from ...ir import nodes as N
 from ...ir.printer import print_program
-from .lower import BACKEND_VERSION, DEFAULT, GPU_CONFIGS, Config, KernelSource, Lowering
+from .lower import BACKEND_VERSION, DEFAULT, GPU_CONFIGS, KernelSource, Lowering
 
 HELPERS = '''
 # Reduction combiners: the standard library's own (what tl.max / tl.sum use), which the
@@ -338,7 +338,6 @@ def _launcher(low: Lowering, ks: KernelSource, kname: str) -> list[str]:
     e("def _row_blocks(BLOCK_R, ext):")
     e('    """Block sizes of the row ranks of a program (secondary ranks first)."""')
     e("    blk = {}")
-    used = "1"
     if low.row_const is not None:
         e(f"    used = {1 if low.row_const <= 1 else 1 << (low.row_const - 1).bit_length()}")
     for v in low.secondary:
@@ -355,7 +354,6 @@ def _launcher(low: Lowering, ks: KernelSource, kname: str) -> list[str]:
     e("")
     e("")
     # ---- heuristics / autotune (GPU); the interpreter gets explicit values
-    sec_blocks = [(v, low.block(v)) for v in low.secondary]
     heur = {low.block(v): v for v in low.secondary}
     if low.row_const is None:
         heur[low.block(low.primary)] = low.primary
@@ -432,10 +430,10 @@ def _launcher(low: Lowering, ks: KernelSource, kname: str) -> list[str]:
         for j, v in enumerate(d.indices):
             r = low.var_rank[v]
             e(f"    _bind(ext, src, {r!r}, x{k}.shape[{j}], {f'axis {j} of input {d.name!r}'!r})")
-    e(f"    dev = x0.device" if prog.inputs else "    dev = torch.device('cpu')")
+    e("    dev = x0.device" if prog.inputs else "    dev = torch.device('cpu')")
     for k in range(1, len(prog.inputs)):
         e(f"    if x{k}.device != dev:")
-        e(f"        raise EinsumcLaunchError('inputs are on different devices')")
+        e("        raise EinsumcLaunchError('inputs are on different devices')")
     # extents in dependency order
     order = _rank_order(prog)
     for r in order:
@@ -525,7 +523,7 @@ def _launcher(low: Lowering, ks: KernelSource, kname: str) -> list[str]:
             e("        BR, sconsts, tune_s = BLOCK_R, consts, tune")
             L.extend(_split_launch(low, "n_rows(BR)", "        "))
         e("    if tune:")
-        e(f"        _tuned[grid](*kargs, **consts)")
+        e("        _tuned[grid](*kargs, **consts)")
         e("    else:")
         e(f"        {kname}[grid](*kargs, **consts, num_warps=num_warps or 4, "
           "num_stages=num_stages or 2)")

@@ -34,13 +34,13 @@ helpers, so the interpreter can run it (the standard library's jit functions, e.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import sympy
 
 from ...diagnostics import EinsumcError, error
 from ...ir import nodes as N
-from ...ir.printer import print_einsum, print_expr, print_program
+from ...ir.printer import print_einsum, print_expr
 from ...ir.program import Program
 from .names import Namer
 
@@ -809,7 +809,6 @@ class Lowering:
         return v
 
     def load(self, a: N.Access, order: tuple | None, sc) -> Val:
-        d = self.inputs[a.tensor]
         gs = set()
         loop = False
         for ix in a.indices:
@@ -1055,7 +1054,6 @@ class Lowering:
         # rows: layout of the row block
         self.row_pad = None
         root = Scope(None, unmasked=False)
-        lines_head: list[str] = []
         # ---- program ids -> grid coordinates
         em = root.emit
         n_tiles = []
@@ -1321,7 +1319,7 @@ class Lowering:
 
     def gen_loops(self, root) -> list[str]:
         out = []
-        it = self.nm("var", self.it)
+        self.nm("var", self.it)  # reserves the loop variable's name
         n_it = self.ext(self.var_rank[self.it])
         atoms = self.tile_atoms()
         # padded tile lanes (M0 not a power of two >= 16) are never all valid
@@ -1470,7 +1468,7 @@ class Lowering:
         """(running max tensor, [running sum tensors]) when the loop state is an online
         normalization (see `splittable`), else a string saying why not. Derived from the
         structure of the recurrences, never from tensor names."""
-        it, c = self.it, self.cvar
+        c = self.cvar
         defs = {e.tensor: e for e in self.body}
         recs = [e for e in self.body if e.kind == "recur"]
 
