@@ -251,8 +251,25 @@ def aot_results(program: Program, archs, dtype: str = "f16", configs=None,
 def aot_report(program: Program, archs, dtype: str = "f16", configs=None,
                shapes: dict | None = None) -> str:
     """The AOT table: per kernel, config and architecture (see the module docstring)."""
-    res = aot_results(program, archs, dtype, configs, shapes)
+    from .multipass import MultiLowering, aot_multipass
+    from .target import generate
     name = program.source.name if program.source else "<spec>"
+    if isinstance(generate(program, DEFAULT)[1], MultiLowering):  # one kernel per group
+        lines = [f"# einsumc AOT report: {name}, dtype {dtype}, multi-kernel path (compiled "
+                 "without a GPU; no timings)",
+                 f"{'kernel':<20} {'arch':<6} {'regs':>5} {'spills':>7} {'smem (B)':>9} "
+                 f"{'dots':>5}"]
+        n = bad = 0
+        for arch in parse_archs(archs):
+            for r in aot_multipass(program, arch, dtype, DEFAULT, shapes):
+                n += 1
+                bad += bool(r["spills"])
+                lines.append(f"{r['kernel']:<20} sm_{arch:<3} {str(r['regs']):>5} "
+                             f"{str(r['spills']):>7} {r['smem']:>9} {r['dots']:>5}")
+        lines.append(f"# {n} compiles; " + ("all without spills" if not bad else
+                                             f"{bad} with spills"))
+        return "\n".join(lines) + "\n"
+    res = aot_results(program, archs, dtype, configs, shapes)
     lines = [f"# einsumc AOT report: {name}, dtype {dtype} (compiled without a GPU; no timings)",
              f"{'kernel':<20} {'arch':<6} {'config':<22} {'regs':>5} {'spills':>7} "
              f"{'smem (B)':>9} {'limit':>7} {'MMA dots':>9} {'insn':<9} {'time':>6}"]

@@ -64,10 +64,11 @@ class Config:
     tile: int = 64           # the key tile used when the spec is not partitioned yet
     tf32: bool = False       # f32 inputs: tf32 tensor-core dots instead of exact (ieee) ones
     split: int = 0           # decode: key-rank splits across programs (0 = automatic)
+    opt: bool = True         # False: a multi-pass cascade as written (one kernel per group)
 
     def key(self) -> str:
         return (f"r{self.block_r}w{self.num_warps}s{self.num_stages}t{self.tile}"
-                f"{'tf32' if self.tf32 else 'ieee'}k{self.split}")
+                f"{'tf32' if self.tf32 else 'ieee'}k{self.split}{'' if self.opt else 'asw'}")
 
 
 #: the GPU autotuning space (rows x warps x stages); the first is the default

@@ -14,7 +14,7 @@ import warnings
 
 from ...diagnostics import EinsumcError, error
 from ...ir.program import Program
-from .lower import DEFAULT, INTERPRET_CONFIG, Config, Lowering, prepare
+from .lower import DEFAULT, INTERPRET_CONFIG, Config, Lowering, _lowerable, prepare
 
 
 class TritonInterpreterNotice(UserWarning):
@@ -24,7 +24,18 @@ class TritonInterpreterNotice(UserWarning):
 def generate(program: Program, config: Config = DEFAULT) -> tuple[str, Lowering]:
     """The standalone module text of a cascade, and its lowering."""
     _check_dtypes(program)
-    lowered, how = prepare(program, tile=config.tile)
+    why = _lowerable(program)
+    if why is not None and not config.opt:  # the cascade as written: one kernel per group
+        return _multipass(program, config, f"as written: {why}")
+    try:
+        lowered, how = prepare(program, tile=config.tile)
+    except EinsumcError as exc:
+        # no one-loop form: the multi-kernel path, or both reasons when it cannot either
+        try:
+            return _multipass(program, config, f"no one-loop form: {why}")
+        except EinsumcError as exc2:
+            raise EinsumcError(list(exc.diagnostics) + list(exc2.diagnostics),
+                               program.source) from None
     low = Lowering(lowered, how, original=program)
     ks = low.build()
     kernels = {"main": ks}
@@ -35,6 +46,12 @@ def generate(program: Program, config: Config = DEFAULT) -> tuple[str, Lowering]
     low.kernels = kernels
     from .emit import emit_module
     return emit_module(low, ks, original=program), low
+
+
+def _multipass(program: Program, config: Config, why: str):
+    from .multipass import MultiLowering, emit_multipass
+    ml = MultiLowering(program, why)
+    return emit_multipass(ml, config), ml
 
 
 def _check_dtypes(program: Program):
