@@ -152,8 +152,9 @@ def test_bench_runs_and_checks_against_sdpa(capsys):
 
 
 def test_run_triton_target_compares_with_numpy(capsys):
-    assert main(["run", str(C5), "--shape", "M=128,P=5", "--target", "triton",
-                 "--compare", "numpy"]) == 0
+    with pytest.warns(Warning, match="interpreter"):  # the one-line notice on a CPU machine
+        assert main(["run", str(C5), "--shape", "M=128,P=5", "--target", "triton",
+                     "--compare", "numpy"]) == 0
     out = capsys.readouterr().out
     err = float(out.split("max abs err ")[1].split(",")[0])
     assert err < 1e-4
