@@ -5,6 +5,8 @@ Cascades that keep several passes as written (`two_pass.ein`, `cascade4_3pass.ei
 `Config(opt=False)`) or have no loop at all (`cascade1.ein`, `cascade2.ein`,
 `linear_attention.ein`) run as one kernel per fusion group of
 `einsumc.transforms.fusion.kernels`, with the tensors that cross groups in f32 scratch.
+Cascades with `where` filters (`causal.ein`, `sliding_window.ein`, `alibi.ein` as written)
+run there too, with absent points tracked exactly (presence masks next to the scratch).
 Shapes are tiny and ragged (not multiples of the 64-lane blocks).
 """
 from __future__ import annotations
@@ -138,10 +140,11 @@ def test_launch_errors_and_refusals():
     ins["V"] = ins["V"][:, :30]
     with pytest.raises(EinsumcError, match="not an integer"):
         _run(prog, ins, AS_WRITTEN)
-    # a filter (absent points) is not built on this path: refused, saying why
-    causal = einsumc.load(EX / "attention/causal.ein")
-    with pytest.raises(EinsumcError, match="filter"):
-        TritonTarget().compile(causal, config=AS_WRITTEN)
+    # a read out of bounds (an absent point by index) is not built on this path: refused
+    # at launch, saying why
+    shifted = einsumc.load("rank N, D = 8\ninput X[n, d]\noutput Y[d]\nY[d] = X[n + D, d]\n")
+    with pytest.raises(EinsumcError, match="out of bounds"):
+        _run(shifted, {"X": torch.randn(10, 8)}, AS_WRITTEN)
 
 
 def test_aot_two_pass_sm90_f16_no_spills():
@@ -176,3 +179,88 @@ def test_as_written_does_not_change_a_one_loop_cascade():
     prog = einsumc.load(EX / "fusemax/cascade5_1pass.ein")
     fn = TritonTarget().compile(prog, config=AS_WRITTEN)
     assert "multi-kernel" not in fn.source
+
+
+#: (spec, shapes, params): filtered cascades as written; P > M leaves P - M fully masked rows
+FILTERED = [
+    ("attention/causal.ein", dict(B=1, H=2, M=19, P=37), {}),
+    ("attention/causal.ein", dict(B=2, H=1, M=70, P=5), {}),
+    ("attention/sliding_window.ein", dict(B=1, H=2, M=23, P=41), dict(W=5)),
+    ("attention/sliding_window.ein", dict(B=1, H=1, M=90, P=7), dict(W=70)),
+    ("attention/alibi.ein", dict(B=1, H=2, M=9, P=20), {}),
+]
+
+
+@pytest.mark.parametrize("spec,shapes,params", FILTERED, ids=[
+    f"{c[0].split('/')[1][:-4]}-{'x'.join(str(v) for v in c[1].values())}"
+    + "".join(f"-{k}{v}" for k, v in c[2].items()) for c in FILTERED])
+def test_filtered_cascades_as_written_match_numpy_f32(spec, shapes, params):
+    prog = einsumc.load(EX / spec)
+    ins = _inputs(prog, shapes, torch.float32)
+    fn = TritonTarget().compile(prog, config=AS_WRITTEN)
+    assert "multi-kernel path" in fn.source and "int8 presence mask" in fn.source
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TritonInterpreterNotice)
+        out = fn(**ins, **params)
+    ref = prog.compile("numpy")(**{k: v.numpy() for k, v in ins.items()}, **params)
+    a, b = out["O"].numpy(), np.asarray(ref["O"], dtype=np.float32)
+    assert not np.isnan(a).any()
+    err = np.abs(a - b).max() / max(1.0, np.abs(b).max())
+    assert err <= TOL[torch.float32], f"relative error {err:.3g}"
+    masked = max(0, shapes["P"] - shapes["M"])  # rows that see no key read exactly 0
+    assert (a[..., :masked] == 0).all()
+    assert (np.abs(a[..., masked:]).max(axis=2) > 0).all()
+
+
+def test_absent_point_rules_unions_and_filters_over_reduced_ranks():
+    """A filter over the reduced rank (per point), a filtered map crossing groups, `+` and
+    max(a, b) as unions, `*` as an intersection, fully absent columns reading 0."""
+    prog = einsumc.load("rank N, D = 8\ninput X[n, d], Y[n, d]\noutput Z[d], U[n, d], V[d]\n"
+                        "S[d] = X[n, d] :: max(n) where n < d\n"
+                        "T[n, d] = Y[n, d] where n > d + 2 and n % 3 != 1\n"
+                        "U[n, d] = T[n, d] + S[d]\n"
+                        "Z[d] = T[n, d] * S[d]\n"
+                        "V[d] = max(S[d], T[n, d] * 2) :: min(n) where n != 5\n")
+    g = torch.Generator().manual_seed(2)
+    for n in (21, 3):
+        ins = {"X": torch.randn(n, 8, generator=g), "Y": torch.randn(n, 8, generator=g)}
+        fn, out = _run(prog, ins, AS_WRITTEN)
+        assert "presence mask (they can be absent): S, T" in fn.source
+        _check(prog, ins, out, TOL[torch.float32])
+        assert out["Z"][0] == 0 and not out["U"].isnan().any()  # S[0] is absent
+
+
+@pytest.mark.parametrize("spec,n", [("causal", 3), ("sliding_window", 2)])
+def test_aot_filtered_as_written_sm90_f16_no_spills(spec, n):
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    from einsumc.backends.triton.multipass import aot_multipass
+    try:
+        res = aot_multipass(einsumc.load(EX / f"attention/{spec}.ein"), 90, "f16")
+    except EinsumcError as exc:  # pragma: no cover - no ptxas in this installation
+        if "ptxas" in str(exc):
+            pytest.skip(str(exc))
+        raise
+    assert len(res) == n and all(r["spills"] == 0 for r in res), res
+
+
+def test_filtered_loops_skip_blocks_and_never_read_unwritten_scratch(monkeypatch):
+    """A filtered statement's loop runs only over the key blocks its filter admits for the
+    program's rows; what it skips is absent (presence scratch starts at 0), so scratch
+    values it never wrote (NaN here) are never used."""
+    prog = einsumc.load(EX / "attention/sliding_window.ein")
+    ins = _inputs(prog, dict(B=1, H=1, M=200, P=130), torch.float32)
+    fn = TritonTarget().compile(prog, config=Config(opt=False, block_r=16))
+    assert "for s_i_m_blk in range((tl.maximum(" in fn.source
+    empty = torch.empty
+
+    def nan_empty(*a, **k):
+        x = empty(*a, **k)
+        return x.fill_(float("nan")) if x.dtype.is_floating_point else x.fill_(77)
+    monkeypatch.setattr(torch, "empty", nan_empty)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TritonInterpreterNotice)
+        out = fn(**ins, W=7)
+    ref = prog.compile("numpy")(**{k: v.numpy() for k, v in ins.items()}, W=7)
+    a = out["O"].numpy()
+    assert not np.isnan(a).any()
+    assert np.abs(a - ref["O"]).max() <= TOL[torch.float32] * max(1.0, np.abs(ref["O"]).max())

@@ -25,10 +25,21 @@ Within a group:
   the run-time extents) when a later statement or group reads it. A program only re-reads
   scratch at its own grid coordinates, after a barrier.
 
-Absent points: the path is built only where it can prove that no point is absent: no
-filters, no recurrences, every extent at least 1 (checked at launch) and every read in
-bounds (compound indices are checked at launch from the extents). Other cascades raise an
-`EinsumcError` that says why.
+Absent points (ein-language.md section 3): a filter (affine, with `and` / `or` / `not`,
+`//` and `%`) is a per-element mask evaluated in the kernel. Every value carries its
+*presence* (a boolean block, or none when it is present everywhere): maps intersect the
+presences of their operands, `+`, max(a, b) and min(a, b) unite them (an absent operand
+reads as the identity); a reduction combines only present values (absent ones read as its
+identity, padded lanes too) and is present where some point was (an int8 loop-carried
+flag next to a loop-carried accumulator; an or-reduction over block lanes; for a `tl.dot`,
+an or over the contracted lanes of one operand's presence, or a 0/1 dot of both); a filter
+that does not involve the reduced variables is applied once to the reduced value. A tensor
+that crosses groups and can be absent is stored with an int8 presence mask next to its f32
+values (`pm_<T>`, same shape and strides); absent points are stored as 0, so nothing that
+crosses a kernel is NaN or inf, and an output's absent points read 0. Filtered maps are not
+inlined into their readers (they are statements of their group). Still refused: recurrences,
+reads out of bounds (checked at launch from the extents: every extent at least 1 and every
+compound index in bounds), diagonals. Such cascades raise an `EinsumcError` that says why.
 """
 from __future__ import annotations
 
@@ -97,6 +108,8 @@ class Val:
     code: str
     vars: tuple          # block variables, in the kernel's order
     ld: bool = False     # a raw load (input dtype); otherwise f32
+    pres: str | None = None   # boolean code: where the value is present (None: everywhere)
+    pvars: tuple = ()         # block variables of `pres`
 
 
 class Kernel:
@@ -110,6 +123,7 @@ class Kernel:
         self.consts: list[str] = []
         self.lines: list[str] = []
         self.tmp = 0
+        self.filt = None
 
 
 class MultiLowering:
@@ -127,9 +141,6 @@ class MultiLowering:
     def _check(self):
         prog = self.prog
         for e in prog.einsums:
-            if e.filter is not None:
-                _fail(f"`{print_einsum(e)}` has a filter (absent points are not built on this "
-                      "path)", prog, e.span)
             if e.kind != "plain":
                 _fail(f"`{print_einsum(e)}` is a recurrence; the multi-kernel path lowers "
                       "cascades without iterative ranks", prog, e.span)
@@ -169,7 +180,7 @@ class MultiLowering:
         views = {}
         for e in es:
             if (not e.reduced and isinstance(e.rhs, N.Access) and e.rhs.tensor in self.inputs
-                    and e.tensor not in self.outputs):
+                    and e.tensor not in self.outputs and e.filter is None):
                 views[e.tensor] = e
         self.views = views
         groups = [[i for i in g if es[i].tensor not in views] for g in fusion_kernels(prog)]
@@ -182,12 +193,14 @@ class MultiLowering:
         self.groups = []
         # tensors stored to global memory (f32 scratch) because a later group reads them
         self.scratch: list[str] = []
+        # tensors whose stored values come with a presence mask (they can be absent)
+        self.absent: set[str] = set()
         for k, g in enumerate(groups):
             inl = {}
             for i in g:
                 e = es[i]
                 rd = readers.get(e.tensor, set()) - set()
-                if (not e.reduced and e.tensor not in self.outputs
+                if (not e.reduced and e.tensor not in self.outputs and e.filter is None
                         and all(self.group_of.get(es[j].tensor) == k for j in rd)):
                     inl[e.tensor] = e
             defs = dict(views)
@@ -218,6 +231,7 @@ class MultiLowering:
 
     def _kernel(self, k: int, stmts: list) -> Kernel:
         K = Kernel(self, k, stmts)
+        self._K = K
         prog = self.prog
         reduced = {v for e in stmts for r in e.reduced for v in r.vars}
         common = None
@@ -309,7 +323,7 @@ class MultiLowering:
 
     def ptr(self, K: Kernel, t: str, where: str) -> str:
         """where: "in" (an input), "ws" (f32 scratch), "out" (an output)."""
-        kind = {"in": "input", "ws": "scratch", "out": "output"}[where]
+        kind = {"in": "input", "ws": "scratch", "out": "output", "pws": "presence"}[where]
         p = self.arg(K, self.nm(kind, t), ("ptr", (where, t)))
         return p
 
@@ -376,8 +390,13 @@ class MultiLowering:
             return self.ext_code(K, x.name)
         if isinstance(x, N.Param):
             return self.arg(K, self.nm("param", x.name), ("param", x.name))
+        if isinstance(x, N.Unary) and x.op == "-":
+            return f"(-{self.int_code(K, x.operand, want)})"
         if isinstance(x, N.BinOp) and x.op in ("+", "-", "*"):
             return f"({self.int_code(K, x.left, want)} {x.op} {self.int_code(K, x.right, want)})"
+        if isinstance(x, N.BinOp) and x.op in ("//", "%"):  # filters only (indices: checked)
+            fn = "_ein_fdiv" if x.op == "//" else "_ein_fmod"
+            return f"{fn}({self.int_code(K, x.left, want)}, {self.int_code(K, x.right, want)})"
         _fail(f"index expression `{_txt(x)}` is not supported", self.prog)
 
     def load(self, K: Kernel, a: N.Access) -> Val:
@@ -398,8 +417,63 @@ class MultiLowering:
             K.emit(f"{name} = tl.load({addr}, mask={m}, other=0.0)")
         else:
             K.emit(f"{name} = tl.load({addr})")
-        K.cache[key] = Val(name, vs, ld=where == "in")
+        pres = None
+        if where == "ws" and t in self.absent:
+            pp = self.ptr(K, t, "pws")
+            paddr = pp + "".join(f" + {o}" for o in offs)
+            pres = self.new(K, "pr")
+            if m:
+                K.emit(f"{pres} = tl.load({paddr}, mask={m}, other=0) != 0")
+            else:
+                K.emit(f"{pres} = tl.load({paddr}) != 0")
+        K.cache[key] = Val(name, vs, ld=where == "in", pres=pres, pvars=vs if pres else ())
         return K.cache[key]
+
+    # ---- presence (absent points, ein-language.md section 3)
+    def pexp(self, v: Val, want: tuple) -> str | None:
+        """v's presence expanded to `want` (None: present everywhere)."""
+        if v.pres is None:
+            return None
+        return self.expand(v.pres, v.pvars, want)
+
+    def pand(self, *vals):
+        """Intersection of the presences of vals: (code, vars)."""
+        ps = [v for v in vals if v.pres is not None]
+        if not ps:
+            return None, ()
+        if len(ps) == 1:
+            return ps[0].pres, ps[0].pvars
+        pv = self.sort(self._K, [u for v in ps for u in v.pvars])
+        return " & ".join(f"({self.pexp(v, pv)})" for v in ps), pv
+
+    def masked(self, K: Kernel, v: Val, ident: str) -> Val:
+        """v with its absent points set to `ident` (its variables grow by its presence's)."""
+        if v.pres is None:
+            return v
+        vs = self.sort(K, v.vars + v.pvars)
+        code = f"tl.where({self.pexp(v, vs)}, {self.expand(self.f32(v), v.vars, vs)}, {ident})"
+        if not vs:
+            code = f"tl.where({v.pres}, {self.f32(v)}, {ident})"
+        return Val(code, vs, pres=v.pres, pvars=v.pvars)
+
+    def pred_code(self, K: Kernel, x, want: tuple) -> str:
+        if isinstance(x, N.BinOp) and x.op in ("and", "or"):
+            a, b = self.pred_code(K, x.left, want), self.pred_code(K, x.right, want)
+            return f"(({a}) {'&' if x.op == 'and' else '|'} ({b}))"
+        if isinstance(x, N.Unary) and x.op == "not":
+            return f"(~({self.pred_code(K, x.operand, want)}))"
+        if isinstance(x, N.BinOp) and x.op in N.CMP_OPS:
+            a, b = self.int_code(K, x.left, want), self.int_code(K, x.right, want)
+            return f"({a} {x.op} {b})"
+        _fail(f"predicate `{_txt(x)}` is not supported", self.prog)
+
+    def with_filter(self, K: Kernel, v: Val, filt) -> Val:
+        fv = self.sort(K, [u for u in N.value_vars(filt) if self.is_block(K, u)])
+        name = self.new(K, "fl")
+        K.emit(f"{name} = {self.pred_code(K, filt, fv)}")
+        f = Val("", (), pres=name, pvars=fv)
+        pc, pv = self.pand(v, f)
+        return Val(v.code, v.vars, v.ld, pres=pc, pvars=pv)
 
     def f32(self, v: Val) -> str:
         return f"{_atomic(v.code)}.to(tl.float32)" if v.ld else v.code
@@ -425,19 +499,27 @@ class MultiLowering:
             return self.load(K, x)
         if isinstance(x, N.Unary) and x.op == "-":
             v = self.ev(K, x.operand)
-            return Val(f"(-{_atomic(self.f32(v))})", v.vars)
+            return Val(f"(-{_atomic(self.f32(v))})", v.vars, pres=v.pres, pvars=v.pvars)
         if isinstance(x, N.BinOp) and x.op in ("+", "-", "*", "/"):
             a, b = self.ev(K, x.left), self.ev(K, x.right)
+            if x.op == "+" and (a.pres or b.pres):  # a union: an absent operand is ignored
+                return self._union(K, a, b, "0.0", "({} + {})")
+            pc, pv = self.pand(a, b)
             vs = self.sort(K, a.vars + b.vars)
             ca, cb = self.expand(self.f32(a), a.vars, vs), self.expand(self.f32(b), b.vars, vs)
             if x.op == "/":
                 fb = self.fold(x.right)
                 if fb is not None and fb != 0:
-                    return Val(f"({ca} / {cb})", vs)
-                return Val(f"_ein_div({ca}, {cb})", vs)
-            return Val(f"({ca} {x.op} {cb})", vs)
+                    return Val(f"({ca} / {cb})", vs, pres=pc, pvars=pv)
+                return Val(f"_ein_div({ca}, {cb})", vs, pres=pc, pvars=pv)
+            return Val(f"({ca} {x.op} {cb})", vs, pres=pc, pvars=pv)
         if isinstance(x, N.Call):
             args = [self.ev(K, y) for y in x.args]
+            if x.fn in ("max", "min") and len(args) == 2 and any(a.pres for a in args):
+                return self._union(K, args[0], args[1], IDENT[x.fn],
+                                   "tl.maximum({}, {})" if x.fn == "max" else
+                                   "tl.minimum({}, {})")
+            pc, pv = self.pand(*args)
             vs = self.sort(K, [v for a in args for v in a.vars])
             cs = [self.expand(self.f32(a), a.vars, vs) for a in args]
             if not vs:
@@ -448,8 +530,21 @@ class MultiLowering:
                   "sigmoid": "_ein_sigmoid"}.get(x.fn)
             if fn is None:
                 _fail(f"function {x.fn} is not supported", self.prog)
-            return Val(f"{fn}({', '.join(cs)})", vs)
+            return Val(f"{fn}({', '.join(cs)})", vs, pres=pc, pvars=pv)
         _fail(f"expression `{_txt(x)}` is not supported", self.prog)
+
+    def _union(self, K: Kernel, a: Val, b: Val, ident: str, fmt: str) -> Val:
+        """`+`, max, min: present where either operand is; an absent operand reads as the
+        identity."""
+        a, b = self.masked(K, a, ident), self.masked(K, b, ident)
+        vs = self.sort(K, a.vars + b.vars)
+        ca, cb = self.expand(self.f32(a), a.vars, vs), self.expand(self.f32(b), b.vars, vs)
+        if a.pres is None or b.pres is None:
+            pc, pv = None, ()
+        else:
+            pv = self.sort(K, a.pvars + b.pvars)
+            pc = f"({self.pexp(a, pv)}) | ({self.pexp(b, pv)})"
+        return Val(fmt.format(ca, cb), vs, pres=pc, pvars=pv)
 
     def fold(self, x):
         """The value of a variable-free, tensor-free expression with constant extents."""
@@ -522,13 +617,21 @@ class MultiLowering:
         for e in nest:
             emit(f"# {_comment(print_einsum(self.defs[e.tensor]))}")
         K.smode = dict(modes[0])
-        for v, _m in loops:
-            self._open_loop(K, v)
+        filts = [e.filter for e in nest]
+        for v, _m in loops:  # every statement filtered: skip the blocks no filter admits
+            self._open_loop(K, v, filts if all(f is not None for f in filts) else None)
         local = []
         barrier = False
         for e, m in zip(nest, modes):
             K.smode = dict(m)
+            red = {v for r in e.reduced for v in r.vars}
+            # a filter over reduced variables masks each point; else the reduced value
+            K.filt = e.filter if e.filter is not None and set(N.value_vars(e.filter)) & red \
+                else None
             val = self._reduce(K, e, len(e.reduced))
+            if e.filter is not None and K.filt is None:
+                val = self.with_filter(K, val, e.filter)
+            K.filt = None
             out_vars = self.sort(K, [v for v in e.lhs_vars if self.is_block(K, v)])
             read_later = any(a.tensor == e.tensor for f in after for a in _accesses(f.rhs))
             read_nest = any(a.tensor == e.tensor for f in nest for a in _accesses(f.rhs))
@@ -536,7 +639,12 @@ class MultiLowering:
                 name = self.nm("tensor", e.tensor)
                 code = self._broadcast(K, self.f32(val), val.vars, out_vars)
                 emit(f"{name} = {code}")
-                K.regs[e.tensor] = Val(name, out_vars)
+                pres = None
+                if val.pres is not None:
+                    pres = self.new(K, "pr")
+                    emit(f"{pres} = {val.pres}")
+                K.regs[e.tensor] = Val(name, out_vars, pres=pres,
+                                       pvars=val.pvars if pres else ())
                 val = K.regs[e.tensor]
                 if e.tensor not in K.hold:
                     local.append(e.tensor)
@@ -546,16 +654,27 @@ class MultiLowering:
             if e.tensor in self.scratch or (read_later and e.tensor not in K.hold):
                 targets.append("ws")
             if targets:
-                code = self._broadcast(K, self.f32(val), val.vars, out_vars)
+                sv = self.masked(K, val, "0.0")  # an absent point reads 0
+                code = self._broadcast(K, self.f32(sv), sv.vars, out_vars)
                 name = self.new(K, "st")
                 emit(f"{name} = {code}")
                 msk = self.mask_of(K, out_vars)
+                if val.pres is not None and "ws" in targets:
+                    self.absent.add(e.tensor)
+                    targets.append("pws")
+                    pname = self.new(K, "pst")
+                    pc = self._broadcast(K, f"tl.where({val.pres}, 1.0, 0.0)", val.pvars,
+                                         out_vars)
+                    emit(f"{pname} = ({pc}).to(tl.int8)")
                 for where in targets:
                     p = self.ptr(K, e.tensor, where)
                     offs = "".join(
                         f" + {self.int_code(K, N.Var(v), out_vars)} * "
-                        f"{self.stride(K, e.tensor, where, j)}" for j, v in enumerate(e.lhs_vars))
+                        f"{self.stride(K, e.tensor, 'ws' if where == 'pws' else where, j)}"
+                        for j, v in enumerate(e.lhs_vars))
                     cast = f"{name}.to({p}.dtype.element_ty)" if where == "out" else name
+                    if where == "pws":
+                        cast = pname
                     emit(f"tl.store({p}{offs}, {cast}" + (f", mask={msk})" if msk else ")"))
             if read_later and e.tensor not in K.hold:
                 barrier = True
@@ -573,18 +692,123 @@ class MultiLowering:
             c = f"({c} + tl.zeros([{shape}], tl.float32))" if want else c
         return c
 
-    def _open_loop(self, K: Kernel, v: str):
+    def _open_loop(self, K: Kernel, v: str, filters=None):
+        """A loop over v; with `filters` (the statements' filters, all of them), only over
+        the range where some filter can hold for some row of the program (interval bounds
+        from affine atoms `v <op> expr` of the row / program variables): the skipped points
+        are absent (their presence is never stored: the presence scratch starts at 0)."""
         K.cache = {k: x for k, x in K.cache.items() if k[2] <= K.depth}
         iv = self.ivar(K, v)
         n = self.ext_code(K, self.var_rank[v])
+        lo, hi = self._loop_range(K, v, filters) if filters else (None, None)
         if K.smode[v] == "scalar":
-            K.emit(f"for {iv} in range(0, {n}):")
+            a = "0" if lo is None else f"tl.maximum({lo}, 0)"
+            b = n if hi is None else f"tl.minimum({hi}, {n})"
+            K.emit(f"for {iv} in range({a}, {b}):")
             K.depth += 1
         else:
             s = f"s_{iv}"
-            K.emit(f"for {s} in range(0, {n}, BLOCK_L):")
+            a = "0" if lo is None else f"(tl.maximum({lo}, 0) // BLOCK_L) * BLOCK_L"
+            b = n if hi is None else f"tl.minimum({hi}, {n})"
+            K.emit(f"for {s} in range({a}, {b}, BLOCK_L):")
             K.depth += 1
             K.emit(f"{iv} = {s} + tl.arange(0, BLOCK_L)")
+
+    def _lin(self, K: Kernel, x):
+        """{term: coefficient} of an affine integer expression (terms: ("v", var) or
+        ("c", code)), or None."""
+        if isinstance(x, N.Num):
+            return {("c", "1"): int(x.value)} if float(x.value).is_integer() else None
+        if isinstance(x, N.Var):
+            return {("v", x.name): 1}
+        if isinstance(x, N.Extent):
+            return {("c", self.ext_code(K, x.name)): 1}
+        if isinstance(x, N.Param):
+            return {("c", self.arg(K, self.nm("param", x.name), ("param", x.name))): 1}
+        if isinstance(x, N.Unary) and x.op == "-":
+            a = self._lin(K, x.operand)
+            return None if a is None else {k: -c for k, c in a.items()}
+        if isinstance(x, N.BinOp) and x.op in ("+", "-"):
+            a, b = self._lin(K, x.left), self._lin(K, x.right)
+            if a is None or b is None:
+                return None
+            out = dict(a)
+            for k, c in b.items():
+                out[k] = out.get(k, 0) + (c if x.op == "+" else -c)
+            return out
+        if isinstance(x, N.BinOp) and x.op == "*":
+            for f, g in ((x.left, x.right), (x.right, x.left)):
+                if isinstance(f, N.Num) and float(f.value).is_integer():
+                    b = self._lin(K, g)
+                    return None if b is None else {k: int(f.value) * c for k, c in b.items()}
+        return None
+
+    def _extreme(self, K: Kernel, terms: dict, high: bool):
+        """Code of the largest (high) / smallest value of sum(c * term) over the program's
+        rows, or None when a term is not the row variable, a program variable or a
+        constant."""
+        parts = []
+        for (kind, t), c in terms.items():
+            if c == 0:
+                continue
+            if kind == "c":
+                code = t
+            elif K.mode.get(t) == "pid":
+                code = self.nm("var", t)
+            elif t == K.tile:
+                first = "(pid_r * BLOCK_R)"
+                n = self.ext_code(K, self.var_rank[t])
+                last = f"(tl.minimum(pid_r * BLOCK_R + BLOCK_R, {n}) - 1)"
+                code = last if (c > 0) == high else first
+            else:
+                return None
+            parts.append(f"{c} * {code}" if c != 1 else code)
+        return "(" + " + ".join(parts) + ")" if parts else "0"
+
+    def _loop_range(self, K: Kernel, v: str, filters):
+        """(lo, hi) codes bounding v over the points where some filter can hold."""
+        los, his = [], []
+        for f in filters:
+            lo_f, hi_f = [], []
+            atoms, stack = [], [f]
+            while stack:
+                x = stack.pop()
+                if isinstance(x, N.BinOp) and x.op == "and":
+                    stack += [x.left, x.right]
+                else:
+                    atoms.append(x)
+            for x in atoms:
+                if not (isinstance(x, N.BinOp) and x.op in ("<", "<=", ">", ">=", "==")):
+                    continue
+                a, b = self._lin(K, x.left), self._lin(K, x.right)
+                if a is None or b is None:
+                    continue
+                d = dict(a)
+                for k, c in b.items():
+                    d[k] = d.get(k, 0) - c
+                c = d.pop(("v", v), 0)
+                op = x.op
+                if c not in (1, -1):
+                    continue
+                if c == -1:  # -v + R op 0  <=>  v op' R
+                    op = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "=="}[op]
+                    rest = d
+                else:        # v + R op 0  <=>  v op -R
+                    rest = {k: -cc for k, cc in d.items()}
+                rest = {(k if k[0] == "v" else ("c", k[1])): cc for k, cc in rest.items()}
+                if op in ("<", "<=", "=="):
+                    m = self._extreme(K, rest, True)
+                    if m is not None:
+                        hi_f.append(m if op == "<" else f"{m} + 1")
+                if op in (">", ">=", "=="):
+                    m = self._extreme(K, rest, False)
+                    if m is not None:
+                        lo_f.append(m if op == ">=" else f"{m} + 1")
+            los.append(_fold_ext("tl.maximum", lo_f))
+            his.append(_fold_ext("tl.minimum", hi_f))
+        lo = None if any(x is None for x in los) else _fold_ext("tl.minimum", los)
+        hi = None if any(x is None for x in his) else _fold_ext("tl.maximum", his)
+        return lo, hi
 
     def _static_vars(self, K: Kernel, e: N.Einsum, level: int) -> tuple:
         vs = set()
@@ -603,7 +827,10 @@ class MultiLowering:
 
     def _reduce(self, K: Kernel, e: N.Einsum, level: int) -> Val:
         if level == 0:
-            return self.ev(K, e.rhs)
+            v = self.ev(K, e.rhs)
+            if K.filt is not None:
+                v = self.with_filter(K, v, K.filt)
+            return v
         r = e.reduced[level - 1]
         op = N.REDUCE_OPS.get(r.op, r.op)
         loops = [v for v in r.vars if K.smode[v] in ("scalar", "bloop")]
@@ -614,11 +841,12 @@ class MultiLowering:
             acc = self.new(K, "acc")
             shape = ", ".join(self.blk(K, v) for v in res_vars)
             K.emit(f"{acc} = tl.full([{shape}], {IDENT[op]}, tl.float32)")
+            pos = len(K.lines)
             for v in loops:
-                self._open_loop(K, v)
+                self._open_loop(K, v, [K.filt] if K.filt is not None else None)
         inner = None
         blockvars = [v for v in r.vars if self.is_block(K, v)]
-        if level == 1 and op == "sum" and len(blockvars) == 1:
+        if level == 1 and op == "sum" and len(blockvars) == 1 and K.filt is None:
             inner = self._try_dot(K, e.rhs, blockvars[0])
         if inner is None:
             x = self._reduce(K, e, level - 1)
@@ -626,16 +854,39 @@ class MultiLowering:
                 x = self._block_reduce(K, x, v, op)
             inner = x
         if loops:
+            accp = None
+            if inner.pres is not None:  # the points of the loop where some value is present
+                accp = self.new(K, "accp")
+                K.lines.insert(pos, "    " * depth0 + f"{accp} = tl.full([{shape}], 0, tl.int8)")
+                pe = self.expand(f"tl.where({inner.pres}, 1, 0).to(tl.int8)", inner.pvars,
+                                 res_vars)
+                K.emit(f"{accp} = {accp} | {pe}")
+                inner = self.masked(K, inner, IDENT[op])
             c = self.expand(self.f32(inner), inner.vars, res_vars)
             fn = {"sum": f"{acc} + {c}", "max": f"tl.maximum({acc}, {c})",
                   "min": f"tl.minimum({acc}, {c})", "prod": f"{acc} * {c}"}[op]
             K.emit(f"{acc} = {fn}")
             K.depth = depth0
             K.cache = {k: v for k, v in K.cache.items() if k[2] <= depth0}
+            if accp is not None:
+                return Val(acc, res_vars, pres=f"({accp} != 0)", pvars=res_vars)
             return Val(acc, res_vars)
         return inner
 
     def _block_reduce(self, K: Kernel, x: Val, v: str, op: str) -> Val:
+        pres = None
+        if x.pres is not None:
+            if v in x.pvars:
+                pres = self._any(K, x, v)
+            x = self.masked(K, x, IDENT[op])  # absent points are the identity
+            if pres is None:
+                pres = Val("", (), pres=x.pres, pvars=x.pvars)
+        r = self._block_reduce0(K, x, v, op)
+        if pres is not None:
+            r = Val(r.code, r.vars, r.ld, pres=pres.pres, pvars=pres.pvars)
+        return r
+
+    def _block_reduce0(self, K: Kernel, x: Val, v: str, op: str) -> Val:
         if v not in x.vars:
             if op in ("max", "min"):
                 return x
@@ -682,38 +933,78 @@ class MultiLowering:
                     val = v
                 else:
                     vs = self.sort(K, val.vars + v.vars)
+                    pc, pv = self.pand(val, v)
                     val = Val(f"({self.expand(self.f32(val), val.vars, vs)} * "
-                              f"{self.expand(self.f32(v), v.vars, vs)})", vs)
+                              f"{self.expand(self.f32(v), v.vars, vs)})", vs, pres=pc, pvars=pv)
             want = self.sort(K, (other, r))
             code = val.code if val.ld else self.f32(val)
             code = self._broadcast(K, code, val.vars, want) if val.vars != want else code
             m = self.valid(K, r, want)
+            if val.pres is not None:  # absent products add nothing to the sum
+                code = f"tl.where({self.pexp(val, want)}, {code}, 0.0)"
             if m:
                 code = f"tl.where({m}, {code}, 0.0)"
             name = self.new(K, "op")
             K.emit(f"{name} = {code}")
-            return name, want
-        a, wa = operand(ga, x)
-        b, wb = operand(gb, y)
+            return name, want, val
+        a, wa, va = operand(ga, x)
+        b, wb, vb = operand(gb, y)
         if wa != (x, r):
             a = f"tl.trans({a})"
         if wb != (r, y):
             b = f"tl.trans({b})"
         name = self.new(K, "dot")
         K.emit(f"{name} = _ein_dot({a}, {b}, PREC, UPCAST)")
-        val = Val(name, (x, y))
+        pc, pv = self._dot_presence(K, va, wa, vb, wb, x, y, r)
+        val = Val(name, (x, y), pres=pc, pvars=pv)
         for f, recip, _vs in rest:
             v = self.ev(K, f)
             vs = self.sort(K, val.vars + v.vars)
+            pc, pv = self.pand(val, v)
             ca = self.expand(val.code, val.vars, vs)
             cb = self.expand(self.f32(v), v.vars, vs)
             if recip:
                 fb = self.fold(f)
                 val = Val(f"({ca} / {cb})" if fb not in (None, 0) else f"_ein_div({ca}, {cb})",
-                          vs)
+                          vs, pres=pc, pvars=pv)
             else:
-                val = Val(f"({ca} * {cb})", vs)
+                val = Val(f"({ca} * {cb})", vs, pres=pc, pvars=pv)
         return val
+
+    def _dot_presence(self, K, va, wa, vb, wb, x, y, r):
+        """Presence of sum_r a[x, r] * b[r, y]: some r where both are present."""
+        if va.pres is None and vb.pres is None:
+            return None, ()
+        if va.pres is not None and vb.pres is not None and r in va.pvars and r in vb.pvars:
+            def fmask(v, want, lay):
+                c = self._broadcast(K, f"tl.where({v.pres}, 1.0, 0.0)", v.pvars, want)
+                m = self.valid(K, r, want)
+                if m:
+                    c = f"tl.where({m}, {c}, 0.0)"
+                return c if want == lay else f"tl.trans({c})"
+            name = self.new(K, "pr")
+            K.emit(f"{name} = tl.dot({fmask(va, wa, (x, r))}, {fmask(vb, wb, (r, y))}, "
+                   "input_precision='ieee') > 0.5")
+            return name, (x, y)
+        parts = []
+        for v in (va, vb):
+            if v.pres is None:
+                continue
+            if r in v.pvars:
+                parts.append(self._any(K, v, r))
+            else:
+                parts.append(Val("", (), pres=v.pres, pvars=v.pvars))
+        return self.pand(*parts)
+
+    def _any(self, K: Kernel, v: Val, r: str) -> Val:
+        """Presence of v, or-reduced over block variable r (padded lanes absent)."""
+        code = f"tl.where({v.pres}, 1, 0).to(tl.int8)"
+        m = self.valid(K, r, v.pvars)
+        if m:
+            code = f"tl.where({m}, {code}, 0)"
+        name = self.new(K, "pr")
+        K.emit(f"{name} = tl.reduce({code}, {v.pvars.index(r)}, _ein_max) != 0")
+        return Val("", (), pres=name, pvars=tuple(u for u in v.pvars if u != r))
 
     def _expr_vars(self, K: Kernel, x) -> set:
         vs = set()
@@ -723,6 +1014,16 @@ class MultiLowering:
             if isinstance(n, N.Access) and n.tensor in K.regs:
                 vs |= set(K.regs[n.tensor].vars)
         return vs
+
+
+def _fold_ext(fn: str, xs: list):
+    """fn(x0, fn(x1, ...)) of codes, None for none."""
+    if not xs:
+        return None
+    out = xs[-1]
+    for x in reversed(xs[:-1]):
+        out = f"{fn}({x}, {out})"
+    return out
 
 
 class _NoFold(Exception):
@@ -797,10 +1098,10 @@ def _index_bounds(ml: MultiLowering):
                     for n in N.walk(ix):
                         if isinstance(n, N.BinOp) and n.op not in ("+", "*"):
                             _fail(f"index `{_txt(ix)}` of '{a.tensor}' may read out of bounds "
-                                  "(absent points are not built on this path)", ml.prog)
+                                  "(out-of-bounds reads are not built on this path)", ml.prog)
                         if isinstance(n, (N.Param, N.Unary, N.Call)):
                             _fail(f"index `{_txt(ix)}` of '{a.tensor}' may read out of bounds "
-                                  "(absent points are not built on this path)", ml.prog)
+                                  "(out-of-bounds reads are not built on this path)", ml.prog)
                     hi = _subst(ix, {v: N.BinOp("-", N.Extent(ml.var_rank[v]), N.Num(1.0))
                                      for v in N.value_vars(ix)})
                     key = (_txt(ix), a.tensor, j)
@@ -829,6 +1130,9 @@ def emit_multipass(ml: MultiLowering, config) -> str:
         L.append(f"#   {K.name}: {tensors}  ({roles})")
     if ml.scratch:
         L.append(f"# Materialized in f32 scratch between kernels: {', '.join(ml.scratch)}")
+    if ml.absent:
+        L.append("# With an int8 presence mask (they can be absent): "
+                 f"{', '.join(t for t in ml.defs if t in ml.absent)}")
     L += ["#", "", "import math", "", "import torch", "import triton",
           "import triton.language as tl", ""]
     L += HELPERS.strip("\n").split("\n")
@@ -895,7 +1199,8 @@ def emit_multipass(ml: MultiLowering, config) -> str:
             e(f"    prm[{p.name!r}] = {_py_expr(p.value, None, 'param')}")
     for hi, rank, text in _index_bounds(ml):
         e(f"    if {hi} >= ext[{rank!r}]:")
-        msg = text + " reads out of bounds (absent points are not built on the multi-kernel path)"
+        msg = text + (" reads out of bounds (out-of-bounds reads, absent points, are not built on "
+               "the multi-kernel path)")
         e(f"        raise EinsumcLaunchError({msg!r})")
     tdt = {"f16": "torch.float16", "bf16": "torch.bfloat16", "f32": "torch.float32"}
     outs = []
@@ -913,6 +1218,10 @@ def emit_multipass(ml: MultiLowering, config) -> str:
         shape = "".join(f"ext[{r!r}], " for r in ml.axis_ranks(t))
         e(f"    w{k} = torch.empty(({shape}), dtype=torch.float32, device=dev)  # {t}")
         refs[("ws", t)] = f"w{k}"
+        if t in ml.absent:
+            e(f"    pm{k} = torch.zeros(({shape}), dtype=torch.int8, device=dev)  "
+              f"# presence of {t}")
+            refs[("pws", t)] = f"pm{k}"
     e("    result = {" + ", ".join(f"{n!r}: {y}" for n, y in outs) + "}")
     e(f"    BLOCK_R = block_r or {config.block_r}")
     e("    consts = dict(BLOCK_R=BLOCK_R, BLOCK_L=BLOCK_L, PREC='tf32' if tf32 else 'ieee', "
@@ -965,6 +1274,8 @@ def aot_multipass(program: Program, arch: int = 90, dtype: str = "f16", config=N
     if not isinstance(ml, MultiLowering):
         _fail("the program lowers to one fused kernel (use aot.compile_kernel)", program)
     mod = loader.load(text, interpret=False)
+    from .emit import _index_params
+    index_params = _index_params(program)
     out = []
     for K in ml.kernels:
         fn = getattr(mod, K.name)
@@ -973,7 +1284,8 @@ def aot_multipass(program: Program, arch: int = 90, dtype: str = "f16", config=N
         sig, consts, attrs = {}, {}, {}
         for n, (kind, w) in zip(K.args, K.argkinds):
             if kind == "ptr":
-                sig[n] = "*fp32" if w[0] == "ws" else "*" + _TT[dtype]
+                sig[n] = ("*fp32" if w[0] == "ws" else "*i8" if w[0] == "pws"
+                          else "*" + _TT[dtype])
             elif kind == "stride":
                 _where, t, j = w
                 last = len(ml.axis_ranks(t)) - 1
@@ -983,8 +1295,8 @@ def aot_multipass(program: Program, arch: int = 90, dtype: str = "f16", config=N
                     sig[n] = "i32"
             elif kind == "extent":
                 sig[n] = "i32"
-            else:
-                sig[n] = "fp32"
+            else:  # a param: an integer where a filter or an index uses it
+                sig[n] = "i32" if w in index_params else "fp32"
         consts.update(BLOCK_R=config.block_r, BLOCK_L=LOOP_BLOCK,
                       PREC="tf32" if config.tf32 else "ieee", UPCAST=False)
         for c in ("BLOCK_R", "BLOCK_L", "PREC", "UPCAST"):

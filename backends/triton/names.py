@@ -26,6 +26,7 @@ PREFIX = {
     "var": "i_",        # a rank variable's coordinates
     "block": "BLK_",    # a rank variable's block size (constexpr)
     "stride": "s_",     # a stride argument
+    "presence": "pm_",  # multi-kernel path: a scratch tensor's presence mask (int8)
     "scratch": "ws_",   # split-K: a running tensor's partial states (f32 scratch)
 }
 
