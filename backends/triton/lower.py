@@ -1747,26 +1747,8 @@ class KernelSource:
 
 
 # =============================================================================== utilities
-def _accesses(e: N.Einsum) -> list[N.Access]:
-    out = []
-    for x in (e.rhs, e.filter):
-        if x is not None:
-            out += [a for a in N.walk(x) if isinstance(a, N.Access)]
-    return out
-
-
-def _substitute(x: N.Expr, mapping: dict) -> N.Expr:
-    if isinstance(x, N.Var) and x.name in mapping:
-        return mapping[x.name]
-    if isinstance(x, N.Access):
-        return N.Access(x.tensor, tuple(_substitute(i, mapping) for i in x.indices), x.span)
-    if isinstance(x, N.BinOp):
-        return N.BinOp(x.op, _substitute(x.left, mapping), _substitute(x.right, mapping), x.span)
-    if isinstance(x, N.Unary):
-        return N.Unary(x.op, _substitute(x.operand, mapping), x.span)
-    if isinstance(x, N.Call):
-        return N.Call(x.fn, tuple(_substitute(a, mapping) for a in x.args), x.span)
-    return x
+_accesses = N.reads
+_substitute = N.substitute
 
 
 def _conjuncts(x: N.Expr) -> list:

@@ -68,18 +68,7 @@ def _npow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
 
-def _subst(x, mapping):
-    if isinstance(x, N.Var) and x.name in mapping:
-        return mapping[x.name]
-    if isinstance(x, N.Access):
-        return N.Access(x.tensor, tuple(_subst(i, mapping) for i in x.indices), x.span)
-    if isinstance(x, N.BinOp):
-        return N.BinOp(x.op, _subst(x.left, mapping), _subst(x.right, mapping), x.span)
-    if isinstance(x, N.Unary):
-        return N.Unary(x.op, _subst(x.operand, mapping), x.span)
-    if isinstance(x, N.Call):
-        return N.Call(x.fn, tuple(_subst(a, mapping) for a in x.args), x.span)
-    return x
+_subst = N.substitute
 
 
 def _inline(x, defs: dict):

@@ -260,6 +260,21 @@ class Stop:
     span: Span | None = _SPAN
 
 
+def substitute(x: Expr, mapping: dict) -> Expr:
+    """`x` with each rank variable named in `mapping` replaced by its expression."""
+    if isinstance(x, Var) and x.name in mapping:
+        return mapping[x.name]
+    if isinstance(x, Access):
+        return Access(x.tensor, tuple(substitute(i, mapping) for i in x.indices), x.span)
+    if isinstance(x, BinOp):
+        return BinOp(x.op, substitute(x.left, mapping), substitute(x.right, mapping), x.span)
+    if isinstance(x, Unary):
+        return Unary(x.op, substitute(x.operand, mapping), x.span)
+    if isinstance(x, Call):
+        return Call(x.fn, tuple(substitute(a, mapping) for a in x.args), x.span)
+    return x
+
+
 def reads(e: Einsum) -> list[Access]:
     """Every tensor read of an Einsum (right-hand side and filter), in order."""
     out: list[Access] = []
