@@ -47,6 +47,15 @@ def _load(spec: str):
     return load(Path(spec))
 
 
+def _write(text: str, path: str | None) -> None:
+    """Write `text` to `path` (saying so on stderr), or to stdout."""
+    if path:
+        Path(path).write_text(text)
+        print(f"wrote {path}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
 def _print_warnings(prog) -> None:
     for w in prog.warnings:
         print(w.render(prog.source), file=sys.stderr)
@@ -136,11 +145,7 @@ def cmd_compile(args) -> int:
         return 0
     _print_warnings(prog)
     text = prog.emit(target=args.target, opt=args.opt, transform=args.transform)
-    if args.output:
-        Path(args.output).write_text(text)
-        print(f"wrote {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    _write(text, args.output)
     return 0
 
 
@@ -177,11 +182,7 @@ def cmd_transform(args) -> int:
     passes = prog.analyze().passes
     header += "# passes: " + ", ".join(f"{r} = {k}" for r, k in passes.items()) + "\n"
     text = header + prog.to_source()
-    if args.output:
-        Path(args.output).write_text(text)
-        print(f"wrote {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    _write(text, args.output)
     return 0
 
 

@@ -419,21 +419,7 @@ def _launcher(low: Lowering, ks: KernelSource, kname: str) -> list[str]:
     e("    under TRITON_INTERPRET=1 and the tensors are on the CPU. `split`: key-range")
     e("    splits (split-K, where the module has it): 0 chooses, 1 never splits, k > 1")
     e('    forces k."""')
-    e("    ext, src = {}, {}")
-    known = [d.name for d in prog.inputs] + list(prog.runtime_params)
-    e(f"    unknown = sorted(set(args) - set({known!r}))")
-    e("    if unknown:")
-    e(f"        raise EinsumcLaunchError(f\"unexpected argument {{unknown[0]!r}}; the cascade "
-      f"takes: {', '.join(sorted(known))}\")")
-    for k, d in enumerate(prog.inputs):
-        e(f"    x{k} = _as_tensor(args, {d.name!r}, {len(d.indices)})")
-        for j, v in enumerate(d.indices):
-            r = low.var_rank[v]
-            e(f"    _bind(ext, src, {r!r}, x{k}.shape[{j}], {f'axis {j} of input {d.name!r}'!r})")
-    e("    dev = x0.device" if prog.inputs else "    dev = torch.device('cpu')")
-    for k in range(1, len(prog.inputs)):
-        e(f"    if x{k}.device != dev:")
-        e("        raise EinsumcLaunchError('inputs are on different devices')")
+    emit_bind_inputs(e, prog, low.var_rank)
     # extents in dependency order
     order = _rank_order(prog)
     for r in order:
@@ -627,6 +613,26 @@ def _not_length(low: Lowering, rank: str) -> bool:
     """Ranks whose extent sizes blocks (tune per value) rather than sequence lengths."""
     vs = [v for v, r in low.var_rank.items() if r == rank]
     return any(low.group.get(v) in ("E", "F") or v in low.secondary for v in vs)
+
+
+def emit_bind_inputs(e, prog, var_rank) -> None:
+    """Launcher lines that check the arguments, take the inputs as tensors `x0, x1, ...`
+    on one device `dev`, and bind each rank's extent from their shapes (`ext`, `src`)."""
+    e("    ext, src = {}, {}")
+    known = [d.name for d in prog.inputs] + list(prog.runtime_params)
+    e(f"    unknown = sorted(set(args) - set({known!r}))")
+    e("    if unknown:")
+    e(f"        raise EinsumcLaunchError(f\"unexpected argument {{unknown[0]!r}}; the cascade "
+      f"takes: {', '.join(sorted(known))}\")")
+    for k, d in enumerate(prog.inputs):
+        e(f"    x{k} = _as_tensor(args, {d.name!r}, {len(d.indices)})")
+        for j, v in enumerate(d.indices):
+            r = var_rank[v]
+            e(f"    _bind(ext, src, {r!r}, x{k}.shape[{j}], {f'axis {j} of input {d.name!r}'!r})")
+    e("    dev = x0.device" if prog.inputs else "    dev = torch.device('cpu')")
+    for k in range(1, len(prog.inputs)):
+        e(f"    if x{k}.device != dev:")
+        e("        raise EinsumcLaunchError('inputs are on different devices')")
 
 
 def _rank_order(prog):

@@ -318,15 +318,7 @@ class Lowering:
         return self._const_extent(v) is None
 
     def _const_extent(self, v: str):
-        r = self.prog.rank(self.var_rank[v])
-        if r.extent is None:
-            return None
-        try:
-            from ...ir.symbolic import evaluate
-            val = evaluate(r.extent, {}, {})
-        except Exception:
-            return None
-        return int(val) if float(val).is_integer() else None
+        return const_extent(self.prog, self.var_rank[v])
 
     # ------------------------------------------------------------------ helpers
     def new(self, base="x") -> str:
@@ -342,15 +334,7 @@ class Lowering:
         return self.nm("extent", rank)
 
     def _const_rank(self, rank: str):
-        r = self.prog.rank(rank)
-        if r.extent is None:
-            return None
-        from ...ir.symbolic import evaluate
-        try:
-            v = evaluate(r.extent, {}, {})
-        except Exception:
-            return None
-        return int(v) if float(v).is_integer() else None
+        return const_extent(self.prog, rank)
 
     def param(self, name: str) -> str:
         self.used_params.add(name)
@@ -1747,6 +1731,19 @@ class KernelSource:
 
 
 # =============================================================================== utilities
+def const_extent(prog: Program, rank: str) -> int | None:
+    """A rank's extent when the spec fixes it (`E = 64`, `M1 = 4 / 2`), else None."""
+    r = prog.rank(rank)
+    if r.extent is None:
+        return None
+    from ...ir.symbolic import evaluate
+    try:
+        val = evaluate(r.extent, {}, {})
+    except Exception:
+        return None
+    return int(val) if float(val).is_integer() else None
+
+
 _accesses = N.reads
 _substitute = N.substitute
 

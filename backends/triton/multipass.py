@@ -51,6 +51,7 @@ from ...diagnostics import EinsumcError, error
 from ...ir import nodes as N
 from ...ir.printer import print_einsum, print_program
 from ...ir.program import Program
+from .lower import const_extent
 from .names import Namer
 
 #: lanes per block of a blocked loop variable
@@ -143,15 +144,7 @@ class MultiLowering:
                 _fail(f"'{d.name}' is declared f64", prog, d.span)
 
     def const_extent(self, rank: str):
-        r = self.prog.rank(rank)
-        if r.extent is None:
-            return None
-        try:
-            from ...ir.symbolic import evaluate
-            val = evaluate(r.extent, {}, {})
-        except Exception:
-            return None
-        return int(val) if float(val).is_integer() else None
+        return const_extent(self.prog, rank)
 
     def vconst(self, v: str):
         return self.const_extent(self.var_rank[v])
@@ -1102,7 +1095,7 @@ def _index_bounds(ml: MultiLowering):
 
 
 def emit_multipass(ml: MultiLowering, config) -> str:
-    from .emit import HELPERS, RUNTIME, _index_params, _py_expr, _rank_order
+    from .emit import HELPERS, RUNTIME, _index_params, _py_expr, _rank_order, emit_bind_inputs
     from .lower import BACKEND_VERSION
     prog = ml.prog
     kernels = ml.build(config.block_r)
@@ -1143,21 +1136,7 @@ def emit_multipass(ml: MultiLowering, config) -> str:
     e("def launch(args, block_r=None, num_warps=None, num_stages=None, tf32=False, "
       "autotune=None, interpret=False, split=0):")
     e('    """Run the kernels of the fusion groups in order (see the header)."""')
-    e("    ext, src = {}, {}")
-    known = [d.name for d in prog.inputs] + list(prog.runtime_params)
-    e(f"    unknown = sorted(set(args) - set({known!r}))")
-    e("    if unknown:")
-    e(f"        raise EinsumcLaunchError(f\"unexpected argument {{unknown[0]!r}}; the cascade "
-      f"takes: {', '.join(sorted(known))}\")")
-    for k, d in enumerate(prog.inputs):
-        e(f"    x{k} = _as_tensor(args, {d.name!r}, {len(d.indices)})")
-        for j, v in enumerate(d.indices):
-            r = ml.var_rank[v]
-            e(f"    _bind(ext, src, {r!r}, x{k}.shape[{j}], {f'axis {j} of input {d.name!r}'!r})")
-    e("    dev = x0.device" if prog.inputs else "    dev = torch.device('cpu')")
-    for k in range(1, len(prog.inputs)):
-        e(f"    if x{k}.device != dev:")
-        e("        raise EinsumcLaunchError('inputs are on different devices')")
+    emit_bind_inputs(e, prog, ml.var_rank)
     for r in _rank_order(prog):
         if r.extent is None:
             e(f"    if {r.name!r} not in ext:")
