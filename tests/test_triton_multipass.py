@@ -230,6 +230,32 @@ def test_absent_point_rules_unions_and_filters_over_reduced_ranks():
         assert out["Z"][0] == 0 and not out["U"].isnan().any()  # S[0] is absent
 
 
+def test_minus_inf_minus_minus_inf_is_minus_inf():
+    """Absent-point rule 5 on the multi-kernel path: a present -inf minus a present -inf is
+    -inf, so a row whose scores are all -inf (an additive -inf mask) gives
+    exp(-inf - -inf) = 0 and an output of 0, never NaN."""
+    prog = einsumc.load("rank E = 8, F = 8\nrank M, P\n"
+                        "input Q[e, p], K[e, m], V[f, m], B[m, p]\noutput AV[f, p]\n"
+                        "QK[m, p] = Q[e, p] * K[e, m]\n"
+                        "S[m, p] = QK[m, p] + B[m, p]\n"
+                        "GM[p] = S[m, p] :: max(m)\n"
+                        "SN[m, p] = exp(S[m, p] - GM[p])\n"
+                        "SD[p] = SN[m, p]\n"
+                        "A[m, p] = SN[m, p] / SD[p]\n"
+                        "AV[f, p] = A[m, p] * V[f, m]\n")
+    g = torch.Generator().manual_seed(5)
+    m, p = 37, 11
+    ins = {"Q": torch.randn(8, p, generator=g), "K": torch.randn(8, m, generator=g),
+           "V": torch.randn(8, m, generator=g), "B": torch.zeros(m, p)}
+    ins["B"][:, 3] = float("-inf")           # a fully -inf column: GM is -inf there
+    ins["B"][::4, 5] = float("-inf")         # scattered -inf scores
+    fn, out = _run(prog, ins, AS_WRITTEN)
+    assert "_ein_sub(" in fn.source
+    assert not out["AV"].isnan().any()
+    assert (out["AV"][:, 3] == 0).all()
+    _check(prog, ins, out, TOL[torch.float32])
+
+
 @pytest.mark.parametrize("spec,n", [("causal", 3), ("sliding_window", 2)])
 def test_aot_filtered_as_written_sm90_f16_no_spills(spec, n):
     pytest.importorskip("triton.backends.nvidia.compiler")

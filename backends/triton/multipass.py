@@ -494,6 +494,9 @@ class MultiLowering:
                 if fb is not None and fb != 0:
                     return Val(f"({ca} / {cb})", vs, pres=pc, pvars=pv)
                 return Val(f"_ein_div({ca}, {cb})", vs, pres=pc, pvars=pv)
+            if x.op == "-" and _may_be_minus_inf(x.left) and _may_be_minus_inf(x.right):
+                # (-inf) - (-inf) is -inf (absent-point rule 5): both sides may hold -inf
+                return Val(f"_ein_sub({ca}, {cb})", vs, pres=pc, pvars=pv)
             return Val(f"({ca} {x.op} {cb})", vs, pres=pc, pvars=pv)
         if isinstance(x, N.Call):
             args = [self.ev(K, y) for y in x.args]
@@ -1052,6 +1055,12 @@ def _atomic(code: str) -> str:
 def _is_name(code: str) -> bool:
     import re
     return bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", code))
+
+
+def _may_be_minus_inf(x) -> bool:
+    """Whether an expression's value may be -inf: it reads a tensor (an input, a max over
+    -inf values), a param or a function (log 0); index arithmetic and constants cannot."""
+    return any(isinstance(y, (N.Access, N.Param, N.Call)) for y in N.walk(x))
 
 
 def _txt(x) -> str:
