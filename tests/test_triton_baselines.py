@@ -1,0 +1,144 @@
+"""The benchmark's torch baselines derived from the cascade (backends/triton/baselines.py):
+for every softmax example, FlexAttention (eager, on the CPU) and, where the scores are
+`score + bias`, SDPA compute what the NumPy backend computes; what one call cannot express
+is refused with a reason."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torch.nn.attention.flex_attention")
+
+import einsumc  # noqa: E402
+from einsumc.backends.triton import baselines as BL  # noqa: E402
+from einsumc.inputs import random_inputs, resolve_extents  # noqa: E402
+from einsumc.ir.symbolic import evaluate  # noqa: E402
+
+EX = Path(__file__).resolve().parent.parent / "examples"
+PARAMS = {"cap": 5.0, "W": 7.0, "s0": 0.3}
+#: spec, shapes, SDPA expected to apply
+CASES = [
+    ("attention/mha.ein", dict(B=1, H=2, M=40, P=33, E=16, F=16), True),
+    ("attention/mha_1pass.ein", dict(B=1, H=2, M=300, P=33), True),
+    ("attention/mha_causal_1pass.ein", dict(B=1, H=2, M=300, P=280), True),
+    ("attention/causal.ein", dict(B=1, H=2, M=30, P=40), True),
+    ("attention/gqa.ein", dict(B=1, H=2, G=3, M=40, P=33), True),
+    ("attention/mqa.ein", dict(B=2, H=3, M=40, P=33), True),
+    ("attention/sqa.ein", dict(B=1, H=2, HQ=4, M=40, P=33), True),
+    ("attention/alibi.ein", dict(B=1, H=2, M=40, P=33), True),
+    ("attention/softcap.ein", dict(B=1, H=2, M=40, P=33), False),
+    ("attention/sliding_window.ein", dict(B=1, H=2, M=40, P=33), True),
+    ("attention/sinks_window.ein", dict(B=1, H=2, M=40, P=33), True),
+    ("attention/cross_attention.ein", dict(B=1, H=2, M=40, P=33, F=24), True),
+    ("attention/decode.ein", dict(B=1, H=2, M=70), True),
+    ("fusemax/cascade4_3pass.ein", dict(M=40, P=33), True),
+    ("fusemax/cascade5_1pass.ein", dict(M=512, P=33), True),
+]
+
+
+def _setup(spec, shapes):
+    prog = einsumc.load(EX / spec)
+    ext = resolve_extents(prog, shapes)
+    params = {k: v for k, v in PARAMS.items() if k in prog.runtime_params}
+    for pd in prog.params:
+        if pd.value is not None:
+            params[pd.name] = float(evaluate(pd.value, ext, params))
+    ins = random_inputs(prog, shapes, seed=1)
+    if "slope" in ins:
+        ins["slope"] = np.abs(ins["slope"])
+    run = {k: v for k, v in params.items() if k in prog.runtime_params}
+    ref = np.asarray(next(iter(prog.compile("numpy")(**ins, **run).values())), np.float32)
+    tensors = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in ins.items()}
+    return prog, ext, params, tensors, torch.from_numpy(ref)
+
+
+def _qkvo(prog, pl, t, ref):
+    decl = {d.name: d.indices for d in prog.inputs}
+    return (BL.flatten(t["Q"], decl["Q"], pl.q_axes, torch),
+            BL.flatten(t["K"], decl["K"], pl.k_axes, torch),
+            BL.flatten(t["V"], decl["V"], pl.v_axes, torch),
+            BL.flatten(ref, prog.outputs[0].indices, pl.o_axes, torch))
+
+
+@pytest.mark.parametrize("spec,shapes,sdpa", CASES, ids=[c[0].split("/")[1][:-4] for c in CASES])
+def test_derived_baselines_match_numpy(spec, shapes, sdpa):
+    prog, ext, params, t, ref = _setup(spec, shapes)
+    pl = BL.plan(prog, ext, params)
+    q, k, v, o = _qkvo(prog, pl, t, ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fo = BL.flex_baseline(pl, t, torch, compile_=False)(q, k, v)
+    assert (fo - o).abs().max().item() < 1e-5
+    if not sdpa:
+        with pytest.raises(BL.Unavailable, match="not `score \\+ bias`"):
+            BL.sdpa_baseline(pl, t, torch, q.shape[1], q.shape[2], k.shape[2], "cpu")
+        return
+    so = BL.sdpa_baseline(pl, t, torch, q.shape[1], q.shape[2], k.shape[2], "cpu")(q, k, v)
+    # SDPA gives NaN on a fully masked row (causal with P > M); the cascade gives 0
+    assert (torch.nan_to_num(so) - o).abs().max().item() < 1e-5
+
+
+def test_the_variant_is_read_off_the_spec():
+    prog, ext, params, *_ = _setup("attention/sinks_window.ein", dict(B=1, H=2, M=40, P=33))
+    pl = BL.plan(prog, ext, params)
+    assert pl.keys == (("m1", 8), ("m0", 1)) and pl.p == "p" and pl.mask is not None
+    assert [v for v, _ in pl.batch] == ["b", "h"] and abs(pl.scale - 0.125) < 1e-12
+    prog, ext, params, *_ = _setup("attention/gqa.ein", dict(B=1, H=2, G=3, M=40, P=33))
+    pl = BL.plan(prog, ext, params)
+    assert pl.q_axes == ("b", "h", "g", "p", "e") and pl.k_axes == ("b", "h", "m", "e")
+
+
+@pytest.mark.parametrize("source,why", [
+    ("attention/learnable_sink_1pass.ein", "param `s0` is used outside the scores"),
+    ("rank E = 4, M, P\ninput Q[e, p], K[e, m], V[e, m]\noutput O[e, p], D[p]\n"
+     "S[m, p] = Q[e, p] * K[e, m]\nX[p] = S[m, p] :: max(m)\nN[m, p] = exp(S[m, p] - X[p])\n"
+     "D[p] = N[m, p]\nO[e, p] = N[m, p] * V[e, m] / D[p]\n", "2 outputs"),
+    ("rank E = 4, M, P\ninput A[e, p], K[e, m], V[e, m]\noutput O[e, p]\n"
+     "O[e, p] = A[e, p] * K[e, m] * V[e, m]\n", "inputs named Q, K and V"),
+])
+def test_what_one_call_cannot_express_is_refused(source, why):
+    prog = einsumc.load(EX / source if source.endswith(".ein") else source)
+    with pytest.raises(BL.Unavailable, match=why):
+        BL.plan(prog, {"M": 40, "P": 33, "E": 4, "B": 1, "H": 2, "M0": 16, "M1": 3, "F": 64},
+                {"s0": 0.3})
+
+
+def _bench(spec, shape, param=None, dtype="f32"):
+    import argparse
+    import time
+
+    from einsumc.backends.triton.bench import run_bench
+
+    def timer(run):
+        t = time.perf_counter()
+        run()
+        return (time.perf_counter() - t) * 1e3
+    args = argparse.Namespace(spec=str(EX / spec), shape=shape, param=param, dtype=dtype,
+                              seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return run_bench(args, torch, "cpu", timer)
+
+
+def test_bench_harness_checks_then_times_on_the_cpu(capsys):
+    """The GPU benchmark's code path, run on the CPU (the kernel through the interpreter):
+    derived baselines are checked against the kernel before anything is timed."""
+    assert _bench("attention/alibi.ein", "B=1,H=2,M=70,P=50") == 0
+    out = capsys.readouterr().out
+    assert "vs torch SDPA: max abs err" in out and "vs FlexAttention: max abs err" in out
+    assert "einsumc (triton)" in out and "torch SDPA" in out.split("contender")[1]
+    assert "FlexAttention" in out.split("contender")[1] and "device: cpu" in out
+    density = float(out.split("mask density ")[1].split()[0])
+    assert abs(density - sum(min(70, p + 21) for p in range(50)) / (50 * 70)) < 1e-6
+
+
+def test_bench_harness_times_alone_what_no_baseline_expresses(capsys):
+    assert _bench("attention/learnable_sink_1pass.ein", "B=1,H=1,M=40,P=9",
+                  param="s0=0.5") == 0
+    out = capsys.readouterr().out
+    assert "no baselines: param `s0` is used outside the scores" in out
+    assert "torch SDPA" not in out.split("contender")[1]
