@@ -125,6 +125,13 @@ def _sigmoid(x):
 _UNARY = {"exp": np.exp, "log": np.log, "sqrt": np.sqrt, "tanh": np.tanh, "abs": np.abs,
           "sigmoid": _sigmoid, "-": np.negative}
 _BINARY = {"-": _sub, "*": np.multiply, "/": _div}
+_IN_PLACE = ("exp", "tanh", "sqrt", "abs", "log")
+
+
+def _owned(a):
+    """Whether `a` is a fresh, writable float array of its own (safe to overwrite)."""
+    return (isinstance(a, np.ndarray) and a.flags.owndata and a.flags.writeable
+            and a.dtype.kind == "f" and a.ndim > 0)
 
 
 def _intersect(fn, *vals):
@@ -573,10 +580,11 @@ class Runner:
         factors, const = _factorize(s["rhs"])
         if fmask is not None and fmask.ndim == 0:
             fmask = None
-        if len(factors) >= 2 and self._finite_factors(factors, ctx, fmask is not None):
+        evaluated = self._finite_factors(factors, ctx, fmask is not None) \
+            if len(factors) >= 2 else None
+        if evaluated is not None:
             vals = []
-            for node, recip in factors:
-                v = self._eval(node, ctx)
+            for (node, recip), v in zip(factors, evaluated):
                 if v.arr is None:
                     return ABSENT, out_vars
                 if v.arr.size == 1 and v.mask is None:  # a constant factor (`sqrt(E)`)
@@ -609,10 +617,11 @@ class Runner:
                 m, mvs = _squeeze(fmask, space)
                 ops.append((m.astype(self.dtype), mvs))
                 pops.append((m.astype(self.dtype), mvs))
+            if const != 1.0:  # scale the smallest operand, not the product
+                k = min(range(len(ops)), key=lambda i: ops[i][0].size)
+                ops[k] = (ops[k][0] * self.dtype(const), ops[k][1])
             arr, got = _contract(ops, out_vars)
             arr = _expand(arr, got, out_vars)
-            if const != 1.0:
-                arr = arr * self.dtype(const)
             mask = None
             if any_mask or filt_inside:
                 p, pg = _contract(pops, out_vars)
@@ -628,16 +637,19 @@ class Runner:
         return val, cur
 
     def _finite_factors(self, factors, ctx, filtered):
-        """Whether the matmul path is exact. It fills absent points with 0 and multiplies,
-        and divides through a reciprocal: wrong for inf/NaN values (0 * inf). Those (rare)
-        cases take the dense path, which applies the rules point by point."""
-        risky = filtered or any(r for _, r in factors)
+        """The factors' values when the matmul path is exact, else None. That path fills
+        absent points with 0 and multiplies, and divides through a reciprocal: wrong for
+        inf/NaN values (0 * inf). Those (rare) cases take the dense path, which applies the
+        rules point by point. A constant divisor (`/ sqrt(E)`) is no risk."""
         vals = [self._eval(node, ctx) for node, _ in factors]
-        risky = risky or any(v.mask is not None for v in vals)
+        risky = filtered or any(v.mask is not None for v in vals) or any(
+            r and not (v.arr is not None and v.arr.size == 1 and v.mask is None)
+            for (_, r), v in zip(factors, vals))
         if not risky:
-            return True
-        return all(v.arr is None or v.arr.dtype.kind != "f" or np.isfinite(v.arr).all()
-                   for v in vals)
+            return vals
+        ok = all(v.arr is None or v.arr.dtype.kind != "f" or np.isfinite(v.arr).all()
+                 for v in vals)
+        return vals if ok else None
 
     def _predicate(self, node, ctx):
         """Filter as a boolean array over the space (or True/False when uniform).
@@ -755,7 +767,12 @@ class Runner:
             if fn == "min":
                 return _union(args[0], args[1], np.inf, np.minimum)
             with np.errstate(all="ignore"):
-                return _intersect(_UNARY[fn], args[0])
+                a = args[0]
+                if fn in _IN_PLACE and a.arr is not None and node[2][0][0] == "bin" and \
+                        node[2][0][1] in ("-", "*", "/") and _owned(a.arr):
+                    # the operand is a temporary of this expression: no new array
+                    return Val(_UNARY[fn](a.arr, out=a.arr), a.mask)
+                return _intersect(_UNARY[fn], a)
         if op == "bin":
             a = self._eval(node[2], ctx, exact)
             b = self._eval(node[3], ctx, exact)
