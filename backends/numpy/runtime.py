@@ -611,20 +611,26 @@ class Runner:
                     any_mask = True
                     m, mvs = _squeeze(np.broadcast_to(v.mask, v.arr.shape), space)
                     a = np.where(m, a, 0)
-                    pops.append((m.astype(self.dtype), mvs))
+                    pops.append((m, mvs))
                 ops.append((a, vs))
             if filt_inside:
                 m, mvs = _squeeze(fmask, space)
                 ops.append((m.astype(self.dtype), mvs))
-                pops.append((m.astype(self.dtype), mvs))
+                pops.append((m, mvs))
             if const != 1.0:  # scale the smallest operand, not the product
                 k = min(range(len(ops)), key=lambda i: ops[i][0].size)
                 ops[k] = (ops[k][0] * self.dtype(const), ops[k][1])
             arr, got = _contract(ops, out_vars)
             arr = _expand(arr, got, out_vars)
             mask = None
-            if any_mask or filt_inside:
-                p, pg = _contract(pops, out_vars)
+            if len(pops) == 1:  # one masked operand: present where any summed point is
+                # (its vars and out_vars are both in space order: no transpose needed)
+                m, mvs = pops[0]
+                drop = tuple(k for k, v in enumerate(mvs) if v not in out_vars)
+                m = m.any(axis=drop) if drop else m
+                mask = _expand(m, tuple(v for v in mvs if v in out_vars), out_vars)
+            elif any_mask or filt_inside:
+                p, pg = _contract([(m.astype(self.dtype), mvs) for m, mvs in pops], out_vars)
                 mask = _expand(p, pg, out_vars) > 0
             val = Val(arr, mask)
             if fmask is not None and not filt_inside:
