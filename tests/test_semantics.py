@@ -192,6 +192,18 @@ def test_inf_over_zero_inside_a_sum_is_zero():
     assert out["Y"].tolist() == [2, 2]  # rule 4 per term, then the sum
 
 
+def test_zero_constant_divisor_of_a_contraction_with_inf_is_zero():
+    """(q * k) / 0 is 0 per term (rule 4) even when q * k is inf: the matmul path must not
+    turn it into 0 * inf = NaN."""
+    q = np.ones((4, 2), np.float32)
+    q[0, 0] = np.inf
+    k = np.ones((4, 3), np.float32)
+    src = "rank M, P, E = 4\nparam Z\ninput Q[e, p], K[e, m]\noutput S[m, p]\n" \
+          "S[m, p] = Q[e, p] * K[e, m] / Z\n"
+    out = einsumc.load(src).compile()(Q=q, K=k, Z=0.0)
+    assert (out["S"] == 0).all()
+
+
 def test_integral_float_extent_and_unused_rank():
     out = run("rank K\nrank N = sqrt(16)\ninput A[k], B[n]\noutput Y\nY = A[k] * B[n]\n",
               A=np.ones(3, np.float32), B=np.ones(4, np.float32))

@@ -256,6 +256,15 @@ def test_minus_inf_minus_minus_inf_is_minus_inf():
     _check(prog, ins, out, TOL[torch.float32])
 
 
+def test_minus_inf_literal_minus_minus_inf_is_minus_inf():
+    prog = einsumc.load("rank M, P\ninput A[m, p]\noutput Y[p]\n"
+                        "T[m, p] = exp(-inf - A[m, p])\nY[p] = T[m, p]\n")
+    a = torch.randn(5, 3)
+    a[:, 0] = float("-inf")
+    fn, out = _run(prog, {"A": a}, AS_WRITTEN)
+    assert "_ein_sub(" in fn.source and out["Y"].tolist() == [0.0, 0.0, 0.0]
+
+
 @pytest.mark.parametrize("spec,n", [("causal", 3), ("sliding_window", 2)])
 def test_aot_filtered_as_written_sm90_f16_no_spills(spec, n):
     pytest.importorskip("triton.backends.nvidia.compiler")

@@ -617,11 +617,16 @@ class Runner:
                 m, mvs = _squeeze(fmask, space)
                 ops.append((m.astype(self.dtype), mvs))
                 pops.append((m, mvs))
-            if const != 1.0:  # scale the smallest operand, not the product
+            # a moderate constant (`/ sqrt(E)`) scales the smallest operand, not the product;
+            # an extreme one is applied after, so that it cannot overflow an operand
+            early = const != 1.0 and 2.0 ** -20 <= abs(const) <= 2.0 ** 20
+            if early:
                 k = min(range(len(ops)), key=lambda i: ops[i][0].size)
                 ops[k] = (ops[k][0] * self.dtype(const), ops[k][1])
             arr, got = _contract(ops, out_vars)
             arr = _expand(arr, got, out_vars)
+            if const != 1.0 and not early:
+                arr = arr * self.dtype(const)
             mask = None
             if len(pops) == 1:  # one masked operand: present where any summed point is
                 # (its vars and out_vars are both in space order: no transpose needed)
@@ -649,8 +654,9 @@ class Runner:
         rules point by point. A constant divisor (`/ sqrt(E)`) is no risk."""
         vals = [self._eval(node, ctx) for node, _ in factors]
         risky = filtered or any(v.mask is not None for v in vals) or any(
-            r and not (v.arr is not None and v.arr.size == 1 and v.mask is None)
-            for (_, r), v in zip(factors, vals))
+            r and not (v.arr is not None and v.arr.size == 1 and v.mask is None
+                       and np.isfinite(v.arr).all() and (v.arr != 0).all())
+            for (_, r), v in zip(factors, vals))  # x / 0 = 0 must see every point
         if not risky:
             return vals
         ok = all(v.arr is None or v.arr.dtype.kind != "f" or np.isfinite(v.arr).all()

@@ -1059,8 +1059,10 @@ def _is_name(code: str) -> bool:
 
 def _may_be_minus_inf(x) -> bool:
     """Whether an expression's value may be -inf: it reads a tensor (an input, a max over
-    -inf values), a param or a function (log 0); index arithmetic and constants cannot."""
-    return any(isinstance(y, (N.Access, N.Param, N.Call)) for y in N.walk(x))
+    -inf values), a param, a function (log 0) or an infinite literal; index arithmetic and
+    finite constants cannot."""
+    return any(isinstance(y, (N.Access, N.Param, N.Call))
+               or (isinstance(y, N.Num) and math.isinf(y.value)) for y in N.walk(x))
 
 
 def _txt(x) -> str:
