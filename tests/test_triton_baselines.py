@@ -124,6 +124,13 @@ def _bench(spec, shape, param=None, dtype="f32"):
         return run_bench(args, torch, "cpu", timer)
 
 
+@pytest.fixture(autouse=True)
+def _quiet_flex():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eager FlexAttention warns that it is unfused
+        yield
+
+
 def test_bench_harness_checks_then_times_on_the_cpu(capsys):
     """The GPU benchmark's code path, run on the CPU (the kernel through the interpreter):
     derived baselines are checked against the kernel before anything is timed."""
@@ -142,3 +149,96 @@ def test_bench_harness_times_alone_what_no_baseline_expresses(capsys):
     out = capsys.readouterr().out
     assert "no baselines: param `s0` is used outside the scores" in out
     assert "torch SDPA" not in out.split("contender")[1]
+
+
+_HDR = ("rank B, H, M, P, E = 8, F = 8\ninput Q[b, h, e, p], K[b, h, e, m], V[b, h, f, m]\n"
+        "output O[b, h, f, p]\n")
+_TAIL = ("GM[b, h, p] = S[b, h, m, p] :: max(m)\nSN[b, h, m, p] = exp(S[b, h, m, p] - GM[b, h, p])\n"
+         "SD[b, h, p] = SN[b, h, m, p]\nO[b, h, f, p] = SN[b, h, m, p] * V[b, h, f, m] / SD[b, h, p]\n")
+_QK = "QK[b, h, m, p] = Q[b, h, e, p] * K[b, h, e, m]\n"
+_S = "S[b, h, m, p] = Q[b, h, e, p] * K[b, h, e, m]\n"
+_1P = (EX / "attention/mha_1pass.ein").read_text().replace("M0 = 256", "M0 = 4")
+_1PC = _1P.replace("/ sqrt(E)", "/ sqrt(E) where m1*M0 + m0 <= p")
+#: (spec, shapes, params, expected: "ok" = both baselines verified, else refused or failed)
+ADVERSARIAL = [
+    (_HDR + _QK + "S[b, h, m, p] = QK[b, h, m, p] where m <= p + h\n" + _TAIL, {}, "ok"),
+    (_HDR + "QK[h, b, m, p] = Q[b, h, e, p] * K[b, h, e, m]\n"
+     "S[h, b, m, p] = QK[h, b, m, p] where m <= p + h\n" + _TAIL.replace("b, h, m, p", "h, b, m, p"),
+     {}, "ok"),
+    (_HDR + "input Bi[m, p]\n" + _QK.replace("\n", " where m <= p\n")
+     + "S[b, h, m, p] = QK[b, h, m, p] + Bi[m, p]\n" + _TAIL, {}, "refused"),
+    (_HDR + _QK + "T[b, h, m, p] = QK[b, h, m, p] where m <= p\n"
+     "U[b, h, m, p] = QK[b, h, m, p] * 0.5 where m >= p\n"
+     "S[b, h, m, p] = T[b, h, m, p] + U[b, h, m, p]\n" + _TAIL, {}, "refused"),
+    (_HDR + "input Bi[m, p]\n" + _QK + "S[b, h, m, p] = QK[b, h, m, p] + Bi[m - 1, p]\n" + _TAIL,
+     {}, "refused"),
+    (_HDR.replace("output", "param sc\noutput") + _S.replace("\n", " * sc\n") + _TAIL,
+     {"sc": 0.5}, "ok"),
+    (_HDR + "input sc[h]\n" + _S.replace("\n", " * sc[h]\n") + _TAIL, {}, "refused"),
+    (_HDR + _S.replace("\n", " * (h + 1)\n") + _TAIL, {}, "refused"),
+    (_HDR + _S + _TAIL.replace("GM[b, h, p])\n", "GM[b, h, p]) where m <= p\n"), {}, "refused"),
+    (_HDR + _S + _TAIL.replace(" / SD[b, h, p]", ""), {}, "refused"),
+    (_HDR + _S + _TAIL.replace("exp(S[b, h, m, p] - GM", "exp(2 * S[b, h, m, p] - GM"), {},
+     "refused"),
+    (_HDR + "S[b, h, m, p] = Q[b, h, e, P - 1 - p] * K[b, h, e, m]\n" + _TAIL, {}, "refused"),
+    (_HDR + "KR[b, h, e, m] = K[b, h, e, M - 1 - m]\n"
+     "S[b, h, m, p] = Q[b, h, e, p] * KR[b, h, e, m] where m <= p\n" + _TAIL, {}, "refused"),
+    ("rank B, H, M, P, E = 8, F = 8\ninput Q[b, h, e, p], K[h, e, m], V[h, f, m]\n"
+     "output O[b, h, f, p]\nS[b, h, m, p] = Q[b, h, e, p] * K[h, e, m]\n"
+     + _TAIL.replace("V[b, h, f, m]", "V[h, f, m]"), {}, "ok"),  # K, V shared over b
+    ("rank B, H, G, M, P, E = 8, F = 8\ninput Q[b, g, h, e, p], K[b, h, e, m], V[b, h, f, m]\n"
+     "output O[b, g, h, f, p]\nS[b, g, h, m, p] = Q[b, g, h, e, p] * K[b, h, e, m]\n"
+     "MX[b, g, h, p] = S[b, g, h, m, p] :: max(m)\n"
+     "N[b, g, h, m, p] = exp(S[b, g, h, m, p] - MX[b, g, h, p])\nD[b, g, h, p] = N[b, g, h, m, p]\n"
+     "O[b, g, h, f, p] = N[b, g, h, m, p] * V[b, h, f, m] / D[b, g, h, p]\n", {"G": 3}, "ok"),
+    ("rank B, H, HQ, M, P, E = 8, F = 8\nrank G = HQ / H\n"
+     "input Q[b, hq, e, p], K[b, h, e, m], V[b, h, f, m]\noutput O[b, h, g, f, p]\n"
+     "S[b, h, g, m, p] = Q[b, g*H + h, e, p] * K[b, h, e, m]\n"
+     "MX[b, h, g, p] = S[b, h, g, m, p] :: max(m)\n"
+     "N[b, h, g, m, p] = exp(S[b, h, g, m, p] - MX[b, h, g, p])\nD[b, h, g, p] = N[b, h, g, m, p]\n"
+     "O[b, h, g, f, p] = N[b, h, g, m, p] * V[b, h, f, m] / D[b, h, g, p]\n", {"HQ": 6}, "refused"),
+    ("rank H, M, P, E = 8, F = 8\ninput Q[h, e, p], K[h, e, m], V[f, m]\noutput O[f, p]\n"
+     "S[m, p] = Q[h, e, p] * K[h, e, m]\nGM[p] = S[m, p] :: max(m)\nSN[m, p] = exp(S[m, p] - GM[p])\n"
+     "SD[p] = SN[m, p]\nO[f, p] = SN[m, p] * V[f, m] / SD[p]\n", {}, "refused"),
+    (_HDR.replace("O[b, h, f, p]", "O[h, b, f, p]") + _S + _TAIL.replace("O[b, h, f, p]",
+                                                                            "O[h, b, f, p]"),
+     {}, "ok"),
+    (_1PC, {}, "ok"),
+    (_1P.replace("V[b, h, f, m1*M0 + m0]", "V[b, h, f, m0*M1 + m1]"), {}, "refused"),
+    (_1PC.replace("K[b, h, e, m1*M0 + m0]", "K[b, h, e, m1*M0 + m0 + 1]")
+     .replace("V[b, h, f, m1*M0 + m0]", "V[b, h, f, m1*M0 + m0 + 1]"), {}, "refused"),
+]
+
+
+@pytest.mark.parametrize("k", range(len(ADVERSARIAL)))
+def test_no_wrong_baseline_is_accepted(k):
+    """Specs a structural reading gets wrong (a masked score under `+`, a filter after the
+    max, no normalization, reversed or offset indices, other head layouts): each baseline is
+    either verified against NumPy or refused with a reason, never accepted wrong."""
+    src, extra, expect = ADVERSARIAL[k]
+    prog = einsumc.load(src)
+    given = {"B": 2, "H": 3, "M": 12, "P": 10, **{k: v for k, v in extra.items()
+                                                   if k.isupper()}}
+    if "M0" in src:
+        given = {"B": 1, "H": 2, "M": 16, "P": 10}
+    given = {r: v for r, v in given.items() if any(x.name == r for x in prog.ranks)}
+    params = {k: v for k, v in extra.items() if not k.isupper()}
+    try:
+        checks = BL.verify(prog, given, params, torch)
+    except BL.Unavailable:
+        checks = {"torch SDPA": "refused", "FlexAttention": "refused"}
+    if expect == "ok":
+        assert checks["FlexAttention"] is None, checks
+    else:
+        assert checks["FlexAttention"] and checks["torch SDPA"], checks
+
+
+def test_mask_density_counts_every_head():
+    src = _HDR + _S.replace("\n", " where m <= p - 3*h\n") + _TAIL
+    prog = einsumc.load(src)
+    ext = {"B": 2, "H": 3, "M": 12, "P": 10, "E": 8, "F": 8}
+    pl = BL.plan(prog, ext, {})
+    d = BL.mask_density(pl, {}, torch, 6, 10, 12, "cpu")
+    want = sum(max(0, min(12, p - 3 * h + 1)) for _b in range(2) for h in range(3)
+               for p in range(10)) / (6 * 10 * 12)
+    assert abs(d - want) < 1e-12

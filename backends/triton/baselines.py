@@ -52,10 +52,24 @@ class Plan:
     o_axes: tuple[str, ...]       # the output permuted to (heads..., p, f)
     extents: dict
     params: dict
+    ranks: tuple[str, str] = ("P", "M")  # the query and key ranks (names)
 
 
 def plan(prog, extents: dict, params: dict) -> Plan:
-    """Read the variant off the cascade; `Unavailable` if no one-call baseline exists."""
+    """Read the variant off the cascade; `Unavailable` if no one-call baseline exists.
+
+    The plan is structural; `verify` runs it against the NumPy backend at a small shape,
+    which also catches what the structure does not show (what follows the max)."""
+    try:
+        return _plan(prog, extents, params)
+    except Unavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any shape the reading does not foresee:
+        # no baseline, and the reason is printed
+        raise Unavailable(f"cannot derive it ({type(exc).__name__}: {exc})") from None
+
+
+def _plan(prog, extents, params) -> Plan:
     ins = {d.name: d for d in prog.inputs}
     if not {"Q", "K", "V"} <= set(ins):
         raise Unavailable("the baselines need inputs named Q, K and V")
@@ -63,27 +77,33 @@ def plan(prog, extents: dict, params: dict) -> Plan:
         raise Unavailable(f"{len(prog.outputs)} outputs: SDPA and FlexAttention return one")
     defs = {e.tensor: e for e in prog.einsums if e.kind == "plain"}
     views = {t: e for t, e in defs.items()
-             if isinstance(e.rhs, N.Access) and e.rhs.tensor in ("K", "V") and not e.reduced}
+             if isinstance(e.rhs, N.Access) and e.rhs.tensor in ("K", "V") and not e.reduced
+             and e.filter is None}
 
     x = _contraction(prog, views)
     s_name = _scores(prog)
+    if s_name not in defs:
+        raise Unavailable(f"the max reads `{s_name}`, which is not a plain definition")
     chain: list[str] = []
     score, filters, reads = _inline(N.Access(s_name, _vars(defs[s_name])), defs, x.tensor,
                                     chain, prog)
     if x.filter is not None:
-        filters.append(x.filter)
+        filters.append((x.tensor, x.filter))
     chain.append(x.tensor)
     _only_scores_read_extras(prog, set(chain), reads)
+    if any(t != s_name for t, _ in filters) and _has_union(score):
+        # `+`, max and min ignore an absent operand (rule 3): a masked score plus a bias is
+        # present where the bias is, which no mask_mod expresses
+        raise Unavailable("a filtered tensor under `+`, max or min in the scores")
 
     qa, ka = _operands(x, views)
     scale = 1.0
     for f, recip in N.factors(x.rhs):
         if f in (qa, ka):
             continue
-        try:
-            c = float(evaluate(f, extents, params))
-        except (KeyError, TypeError, ValueError, ZeroDivisionError):
-            raise Unavailable("the Q·K contraction has a non-constant factor") from None
+        if N.value_vars(f) or any(isinstance(n, N.Access) for n in N.walk(f)):
+            raise Unavailable("the Q·K contraction has a non-constant factor")
+        c = float(evaluate(f, extents, params))
         scale = scale / c if recip else scale * c
     qv, kv = N.value_vars(qa), N.value_vars(ka)
     lhs = x.lhs_vars
@@ -94,35 +114,127 @@ def plan(prog, extents: dict, params: dict) -> Plan:
     keys = [v for v in lhs if v in kv and v not in qv]
     if len(p) != 1 or not keys:
         raise Unavailable("cannot tell the query and key ranks of the contraction apart")
-    batch = tuple((v, _ext(prog, v, extents)) for v in lhs if v not in p and v not in keys)
-    (e_var,) = [v for v in x.space if v not in lhs] or [None]
-    if e_var is None:
-        raise Unavailable("the scores contract no head dimension")
+    summed = [v for v in x.space if v not in lhs]
+    if len(summed) != 1:
+        raise Unavailable(f"the Q·K contraction sums {len(summed)} variables, not one")
+    e_var = summed[0]
 
     k_decl, v_decl, q_decl = ins["K"].indices, ins["V"].indices, ins["Q"].indices
     k_read = views[ka.tensor].rhs if ka.tensor in views else ka
-
-    def decl_var(decl, access, wanted):
-        """The declared variable of the axis where `access` uses any of `wanted`."""
-        pos = [i for i, x in enumerate(access.indices) if N.value_vars(x) & set(wanted)]
-        return decl[pos[0]] if len(pos) == 1 else None
     if ka.tensor in views and ka.indices != _vars(views[ka.tensor]):
         raise Unavailable(f"`{ka.tensor}` is read at other indices than it is defined")
-    mk, ek = decl_var(k_decl, k_read, keys), decl_var(k_decl, k_read, [e_var])
-    pq, eq = decl_var(q_decl, qa, p), decl_var(q_decl, qa, [e_var])
+    mk, ek = _decl_var(k_decl, k_read, keys), _decl_var(k_decl, k_read, [e_var])
+    pq, eq = _decl_var(q_decl, qa, p), _decl_var(q_decl, qa, [e_var])
     fv = [v for v in v_decl if v in prog.outputs[0].indices and v not in k_decl]
     if None in (mk, pq, eq, ek) or mk not in v_decl or len(fv) != 1:
         raise Unavailable("cannot tell the ranks of Q, K and V apart")
     fv = fv[0]
-    key_strides = _key_strides(keys, ka, views, extents, params)
+    _plain_at(qa, q_decl, (pq, eq), "Q")
+    key_strides = _key_strides(keys, k_read, k_decl, mk, lambda v: _ext(prog, v, extents),
+                               extents, params)
+    _same_key_view(prog, views, ka, k_read, mk)
 
-    def order(axes, last):
-        return tuple(v for v in axes if v not in last) + last
-    return Plan(scale=scale, score=score, mask=_conj(filters), batch=batch, p=p[0],
-                keys=key_strides, q_axes=order(q_decl, (pq, eq)),
-                k_axes=order(k_decl, (mk, ek)), v_axes=order(v_decl, (mk, fv)),
-                o_axes=order(prog.outputs[0].indices, (pq, fv)),
-                extents=dict(extents), params=dict(params))
+    # one head order for everything: K's head variables first (in the contraction's
+    # order), then the query-only ones (GQA's group), so query head i uses KV head i // G
+    heads = [v for v in lhs if v not in p and v not in keys]
+    kv_heads = [v for v in heads if v in kv]
+    order = kv_heads + [v for v in heads if v not in kv]
+    batch = tuple((v, _ext(prog, v, extents)) for v in order)
+
+    def axes_in(decl, access, last, who):
+        """`decl` permuted to the head order, then `last`. A head axis is read at a plain
+        variable, or at a mixed-radix index of consecutive head variables (SQA's
+        `Q[b, h*G + g, ...]`)."""
+        groups = []
+        for d, ix in zip(decl, access.indices):
+            if d in last:
+                continue
+            vs = [ix.name] if isinstance(ix, N.Var) else _radix_vars(
+                ix, lambda v: _ext(prog, v, extents), extents, params, who)
+            groups.append((vs, d))
+        groups.sort(key=lambda g: order.index(g[0][0]) if g[0][0] in order else len(order))
+        flat = [v for vs, _ in groups for v in vs]
+        if flat != [v for v in order if v in flat] or any(v not in order for v in flat):
+            raise Unavailable(f"{who}'s head axes do not follow the scores' head order")
+        return tuple(d for _, d in groups) + last
+    q_axes = axes_in(q_decl, qa, (pq, eq), "Q")
+    k_axes = axes_in(k_decl, k_read, (mk, ek), "K")
+    v_read = _v_read(prog, views)
+    v_axes = axes_in(v_decl, v_read, (mk, fv), "V") if v_read is not None else None
+    if v_axes is None or k_axes[:-2] != v_axes[:-2]:
+        raise Unavailable("K and V are not read with the same head axes")
+    out = prog.outputs[0]
+    o_def = defs.get(out.name) or next(e for e in prog.einsums if e.tensor == out.name)
+    o_axes = axes_in(out.indices, N.Access(out.name, _vars(o_def)), (pq, fv), "the output")
+    if len(o_axes) - 2 != len(order):
+        raise Unavailable("the output's head axes differ from the scores'")
+    return Plan(scale=scale, score=score, mask=_conj([f for _, f in filters]), batch=batch,
+                p=p[0], keys=key_strides, q_axes=q_axes, k_axes=k_axes, v_axes=v_axes,
+                o_axes=o_axes, extents=dict(extents), params=dict(params),
+                ranks=(prog.rank_of_var(pq).name, prog.rank_of_var(mk).name))
+
+
+def _radix_vars(ix, var_ext, extents, params, who):
+    """The variables of a mixed-radix index `a*A + b` (no offset), major first."""
+    vs = sorted(N.value_vars(ix))
+
+    def at(vals):
+        return evaluate(N.substitute(ix, {k: N.Num(float(v)) for k, v in vals.items()}),
+                        extents, params)
+    if not vs or at({v: 0 for v in vs}) != 0:
+        raise Unavailable(f"{who} is indexed by `{ix}` on a head axis")
+    strides = sorted(((v, int(at({u: int(u == v) for u in vs}))) for v in vs),
+                     key=lambda kv: -kv[1])
+    radix = 1
+    for v, st in reversed(strides):
+        if st != radix:
+            raise Unavailable(f"{who} is indexed by `{ix}` on a head axis")
+        radix *= var_ext(v)
+    return [v for v, _ in strides]
+
+
+def _decl_var(decl, access, wanted):
+    """The declared variable of the axis where `access` uses any of `wanted`."""
+    pos = [i for i, x in enumerate(access.indices) if N.value_vars(x) & set(wanted)]
+    return decl[pos[0]] if len(pos) == 1 else None
+
+
+def _plain_at(access, decl, axes, who):
+    for d, ix in zip(decl, access.indices):
+        if d in axes and not isinstance(ix, N.Var):
+            raise Unavailable(f"{who} is read at `{ix}`, not at a plain variable")
+
+
+def _v_read(prog, views):
+    """The access to V (through its view) of the contraction with the probabilities."""
+    for e in prog.einsums:
+        for f, _ in N.factors(e.rhs):
+            if isinstance(f, N.Access) and (f.tensor == "V" or (
+                    f.tensor in views and views[f.tensor].rhs.tensor == "V")):
+                if f.tensor == "V":
+                    return f
+                if f.indices != _vars(views[f.tensor]):
+                    raise Unavailable(f"`{f.tensor}` is read at other indices than it is defined")
+                return views[f.tensor].rhs
+    return None
+
+
+def _same_key_view(prog, views, ka, k_read, mk):
+    """V must be read at the same key index as K."""
+    v_read = _v_read(prog, views)
+    if v_read is None:
+        raise Unavailable("no contraction with V")
+    v_decl = next(d for d in prog.inputs if d.name == "V").indices
+    k_decl = next(d for d in prog.inputs if d.name == "K").indices
+    kx = k_read.indices[k_decl.index(mk)]
+    vx = v_read.indices[v_decl.index(mk)]
+    if kx != vx:
+        raise Unavailable(f"K is read at `{kx}` but V at `{vx}`")
+
+
+def _has_union(x):
+    return any((isinstance(n, N.BinOp) and n.op == "+") or
+               (isinstance(n, N.Call) and n.fn in ("max", "min")) for n in N.walk(x))
 
 
 # ----------------------------------------------------------------------------- reading
@@ -169,6 +281,9 @@ def _inline(acc, defs, stop, chain, prog):
                 raise Unavailable(f"`{stop}` is read at other indices than it is defined")
             return _SCORE
         if a.tensor in prog.tensors and prog.tensors[a.tensor].kind == "input":
+            if a.tensor in ("Q", "K", "V") or not all(isinstance(i, N.Var) for i in a.indices):
+                # a shifted read is absent past the edge; torch would wrap or fail
+                raise Unavailable(f"the scores read `{a.tensor}` at a computed index")
             reads.append(a.tensor)
             return a
         e = defs.get(a.tensor)
@@ -179,7 +294,7 @@ def _inline(acc, defs, stop, chain, prog):
             raise Unavailable(f"`{a.tensor}` is read at other indices than it is defined")
         chain.append(e.tensor)
         if e.filter is not None:
-            filters.append(e.filter)
+            filters.append((e.tensor, e.filter))
         return _map(e.rhs)
 
     def _map(x):
@@ -215,24 +330,31 @@ def _ext(prog, var, extents):
     return int(extents[prog.rank_of_var(var).name])
 
 
-def _key_strides(keys, ka, views, extents, params):
-    """Each key variable's stride in the key index: (m,) -> 1; (m1, m0) of a view
-    `K[..., m1*M0 + m0]` -> (M0, 1)."""
+def _key_strides(keys, k_read, k_decl, mk, var_ext, extents, params):
+    """Each key variable's stride in the key index: `K[..., m]` -> ((m, 1),); a view
+    `K[..., m1*M0 + m0]` -> ((m1, M0), (m0, 1)). Anything else (an offset, a reversal, a
+    stride that is not the inner extent) is refused."""
+    kx = k_read.indices[k_decl.index(mk)]
     if len(keys) == 1:
+        if kx != N.Var(keys[0]):
+            raise Unavailable(f"K is read at `{kx}`, not at the key variable")
         return ((keys[0], 1),)
-    if ka.tensor not in views:
-        raise Unavailable("several key variables without a view of K")
-    view = views[ka.tensor]
-    idx = [i for i in view.rhs.indices if set(N.value_vars(i)) & set(keys)]
-    if len(idx) != 1:
-        raise Unavailable("the key index of the view of K is not one expression")
 
     def at(vals):
-        return evaluate(N.substitute(idx[0], {k: N.Num(float(v)) for k, v in vals.items()}),
+        return evaluate(N.substitute(kx, {k: N.Num(float(v)) for k, v in vals.items()}),
                         extents, params)
-    base = at({k: 0 for k in keys})
-    strides = tuple((k, int(at({j: int(j == k) for j in keys}) - base)) for k in keys)
-    return tuple(sorted(strides, key=lambda kv: -kv[1]))
+    if at({k: 0 for k in keys}) != 0:
+        raise Unavailable(f"the key index `{kx}` has an offset")
+    strides = sorted(((k, int(at({j: int(j == k) for j in keys}))) for k in keys),
+                     key=lambda kv: -kv[1])
+    radix = 1
+    for k, st in reversed(strides):
+        if st != radix:
+            raise Unavailable(f"the key index `{kx}` is not a partition of the key rank")
+        radix *= var_ext(k)
+    if at({k: 1 for k in keys}) != sum(st for _, st in strides):
+        raise Unavailable(f"the key index `{kx}` is not affine")
+    return tuple(strides)
 
 
 def _conj(preds):
@@ -386,13 +508,79 @@ def sdpa_baseline(pl: Plan, inputs: dict, torch, heads: int, P: int, M: int, dev
     return run
 
 
-def mask_grid(pl: Plan, inputs: dict, torch, P: int, M: int, device):
-    """The mask of the first head on the (P, M) grid (for the present-point fraction)."""
-    h = torch.zeros((1, 1), dtype=torch.long, device=device)
-    qi = torch.arange(P, device=device).view(-1, 1)
+def mask_density(pl: Plan, inputs: dict, torch, heads: int, P: int, M: int, device) -> float:
+    """The fraction of (head, query, key) points the mask keeps: every head when the mask
+    depends on one, in row blocks so that 16K x 16K never materializes at once."""
+    run = _evaluator(pl, inputs, torch)
+    per_head = any(_mentions(pl.mask, v) for v, _ in pl.batch)
     ki = torch.arange(M, device=device).view(1, -1)
-    return torch.broadcast_to(torch.as_tensor(_evaluator(pl, inputs, torch)(
-        pl.mask, None, h, qi, ki), device=device), (P, M))
+    kept = 0.0
+    for h in range(heads if per_head else 1):
+        hh = torch.full((1, 1), h, dtype=torch.long, device=device)
+        for r0 in range(0, P, 2048):
+            qi = torch.arange(r0, min(P, r0 + 2048), device=device).view(-1, 1)
+            m = torch.as_tensor(run(pl.mask, None, hh, qi, ki), device=device)
+            kept += float(torch.broadcast_to(m, (qi.shape[0], M)).sum().item())
+    return kept / ((heads if per_head else 1) * P * M)
+
+
+def verify(prog, given: dict, params: dict, torch) -> dict:
+    """Check the derived baselines against the NumPy backend at a small shape on the CPU
+    (FlexAttention eagerly): {"torch SDPA": None | reason, "FlexAttention": None | reason}.
+
+    The plan is structural; this is what shows that the cascade after the max is the
+    softmax the baselines compute (a normalization, V, no extra filter)."""
+    import numpy as np
+
+    from ...inputs import random_inputs, resolve_extents
+    full = resolve_extents(prog, given)
+    pl = plan(prog, full, {**params, **_derived_params(prog, full, params)})
+    p_rank, m_rank = pl.ranks
+    P, M = full[p_rank], full[m_rank]
+    small = dict(given)
+    small[p_rank] = min(P, 40)
+    # keep the sign of M - P (a bottom-right causal mask depends on it), at most 25 apart
+    d = 0 if M == P else (max(1, min(M - P, 25)) if M > P else min(-1, max(M - P, -25)))
+    small[m_rank] = max(1, small[p_rank] + d)
+    try:
+        ext = resolve_extents(prog, small)
+        sp = plan(prog, ext, {**params, **_derived_params(prog, ext, params)})
+        ins = random_inputs(prog, small, seed=7)
+        run = {k: v for k, v in params.items() if k in prog.runtime_params}
+        ref = np.asarray(next(iter(prog.compile("numpy")(**ins, **run).values())), np.float32)
+    except Exception as exc:  # noqa: BLE001 - no small shape: say so, time einsumc alone
+        reason = f"not verified at a small shape ({type(exc).__name__}: {exc})"
+        return {"torch SDPA": reason, "FlexAttention": reason}
+    t = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in ins.items()}
+    decl = {d.name: d.indices for d in prog.inputs}
+    q = flatten(t["Q"], decl["Q"], sp.q_axes, torch)
+    k = flatten(t["K"], decl["K"], sp.k_axes, torch)
+    v = flatten(t["V"], decl["V"], sp.v_axes, torch)
+    o = flatten(torch.from_numpy(ref), prog.outputs[0].indices, sp.o_axes, torch)
+    makers = {"torch SDPA": lambda: sdpa_baseline(sp, t, torch, q.shape[1], q.shape[2],
+                                                  k.shape[2], "cpu"),
+              "FlexAttention": lambda: flex_baseline(sp, t, torch, compile_=False)}
+    out = {}
+    for name, make in makers.items():
+        try:
+            got = make()(q, k, v)
+            err = (torch.nan_to_num(got.float()) - o).abs().max().item()
+            out[name] = None if err <= 1e-4 else (
+                f"it does not compute this cascade (max abs error {err:.3g} against the NumPy "
+                f"backend at {p_rank}={small[p_rank]}, {m_rank}={small[m_rank]})")
+        except Unavailable as exc:
+            out[name] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a baseline that fails is not timed
+            out[name] = f"failed at a small shape ({type(exc).__name__}: {exc})"
+    return out
+
+
+def _derived_params(prog, ext, params):
+    out = {}
+    for pd in prog.params:
+        if pd.value is not None:
+            out[pd.name] = float(evaluate(pd.value, ext, {**params, **out}))
+    return out
 
 
 def _bias(x):

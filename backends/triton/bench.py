@@ -51,7 +51,8 @@ def run_bench(args, torch, device: str, timer) -> int:
     from .target import TritonTarget
 
     prog = _load(args.spec)
-    shapes = resolve_extents(prog, _parse_assignments(args.shape, "shape"))
+    given = _parse_assignments(args.shape, "shape")
+    shapes = resolve_extents(prog, given)
     params = _parse_assignments(getattr(args, "param", None), "param", float)
     tdt = {"f16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32}
     forced = getattr(args, "dtype", None)
@@ -74,6 +75,7 @@ def run_bench(args, torch, device: str, timer) -> int:
             all_params[pd.name] = float(evaluate(pd.value, shapes, all_params))
     try:
         pl = BL.plan(prog, shapes, all_params)
+        checked = BL.verify(prog, given, params, torch)
     except BL.Unavailable as exc:
         print(f"note: no baselines: {exc}; einsumc timed alone")
         pl = None
@@ -90,13 +92,16 @@ def run_bench(args, torch, device: str, timer) -> int:
                   ("FlexAttention", lambda: BL.flex_baseline(pl, ins, torch,
                                                              compile_=device == "cuda"))]
         for name, make in makers:
+            if checked.get(name):
+                print(f"note: {name}: {checked[name]}; not timed")
+                continue
             try:
                 run = make()
                 ref = run(q, k, v)
             except BL.Unavailable as exc:
                 print(f"note: {name}: {exc}")
                 continue
-            except Exception as exc:  # a torch without FlexAttention, a compiler failure
+            except Exception as exc:  # noqa: BLE001 - a torch without FlexAttention, a compiler failure
                 print(f"note: {name} unavailable: {type(exc).__name__}: {exc}")
                 continue
             # SDPA gives NaN where a row is fully masked; the cascade defines 0 there
@@ -108,8 +113,7 @@ def run_bench(args, torch, device: str, timer) -> int:
             results.append((name, lambda run=run: run(q, k, v)))
         density = 1.0
         if pl.mask is not None:
-            keep = BL.mask_grid(pl, ins, torch, P, M, device)
-            density = keep.float().mean().item()
+            density = BL.mask_density(pl, ins, torch, heads, P, M, device)
         flops = 4.0 * heads * P * M * E * density
         print(f"variant: {heads} heads x P={P} x M={M}, head dim {E}, scale {pl.scale:.4g}, "
               f"mask density {density:.3f}")
