@@ -174,22 +174,31 @@ def _plan(prog, extents, params) -> Plan:
                 ranks=(prog.rank_of_var(pq).name, prog.rank_of_var(mk).name))
 
 
-def _radix_vars(ix, var_ext, extents, params, who):
-    """The variables of a mixed-radix index `a*A + b` (no offset), major first."""
-    vs = sorted(N.value_vars(ix))
-
+def _mixed_radix(ix, vs, var_ext, extents, params):
+    """[(var, stride)] major first when `ix` is a mixed-radix index of `vs` (`m1*M0 + m0`:
+    no offset, each stride the product of the inner extents), else None."""
     def at(vals):
         return evaluate(N.substitute(ix, {k: N.Num(float(v)) for k, v in vals.items()}),
                         extents, params)
     if not vs or at({v: 0 for v in vs}) != 0:
-        raise Unavailable(f"{who} is indexed by `{ix}` on a head axis")
+        return None
     strides = sorted(((v, int(at({u: int(u == v) for u in vs}))) for v in vs),
                      key=lambda kv: -kv[1])
     radix = 1
     for v, st in reversed(strides):
         if st != radix:
-            raise Unavailable(f"{who} is indexed by `{ix}` on a head axis")
+            return None
         radix *= var_ext(v)
+    if at({v: 1 for v in vs}) != sum(st for _, st in strides):  # not affine
+        return None
+    return strides
+
+
+def _radix_vars(ix, var_ext, extents, params, who):
+    """The variables of a head axis read at a mixed-radix index, major first."""
+    strides = _mixed_radix(ix, sorted(N.value_vars(ix)), var_ext, extents, params)
+    if strides is None:
+        raise Unavailable(f"{who} is indexed by `{ix}` on a head axis")
     return [v for v, _ in strides]
 
 
@@ -340,20 +349,10 @@ def _key_strides(keys, k_read, k_decl, mk, var_ext, extents, params):
             raise Unavailable(f"K is read at `{kx}`, not at the key variable")
         return ((keys[0], 1),)
 
-    def at(vals):
-        return evaluate(N.substitute(kx, {k: N.Num(float(v)) for k, v in vals.items()}),
-                        extents, params)
-    if at({k: 0 for k in keys}) != 0:
-        raise Unavailable(f"the key index `{kx}` has an offset")
-    strides = sorted(((k, int(at({j: int(j == k) for j in keys}))) for k in keys),
-                     key=lambda kv: -kv[1])
-    radix = 1
-    for k, st in reversed(strides):
-        if st != radix:
-            raise Unavailable(f"the key index `{kx}` is not a partition of the key rank")
-        radix *= var_ext(k)
-    if at({k: 1 for k in keys}) != sum(st for _, st in strides):
-        raise Unavailable(f"the key index `{kx}` is not affine")
+    strides = _mixed_radix(kx, list(keys), var_ext, extents, params)
+    if strides is None:
+        raise Unavailable(f"the key index `{kx}` is not a partition of the key rank "
+                          "(an offset, a reversal or another order)")
     return tuple(strides)
 
 
