@@ -464,7 +464,7 @@ def flex_baseline(pl: Plan, inputs: dict, torch, compile_: bool = True):
     def run(q, k, v):
         key = (q.shape, k.shape, q.device)
         if pl.mask is not None and key not in cache:
-            per_head = any(v for v, _ in pl.batch if _mentions(pl.mask, v))
+            per_head = any(_mentions(pl.mask, v) for v, _ in pl.batch)
             cache[key] = create_block_mask(mask_mod, None, q.shape[1] if per_head else None,
                                            q.shape[2], k.shape[2], device=q.device)
         return fa(q, k, v, score_mod=None if plain else score_mod,
@@ -603,12 +603,3 @@ def _has_score(x):
 
 def _mentions(x, var):
     return x is not None and var in N.value_vars(x)
-
-
-def flops(pl: Plan, shapes_q, shapes_k) -> float:
-    """4·heads·P·M·E (QK and AV), before masking."""
-    _, hq, P, E = shapes_q
-    M = shapes_k[2]
-    return 4.0 * hq * P * M * E
-
-
