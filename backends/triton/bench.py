@@ -41,9 +41,10 @@ def _bench_gpu(args, torch) -> int:  # pragma: no cover - needs a GPU
     return run_bench(args, torch, "cuda", triton.testing.do_bench)
 
 
-def run_bench(args, torch, device: str, timer) -> int:
+def run_bench(args, torch, device: str, timer, collect: list | None = None) -> int:
     """The benchmark on `device` ("cuda"; the tests run it on "cpu" through the
-    interpreter with a plain timer, to check everything but the numbers)."""
+    interpreter with a plain timer, to check everything but the numbers). With `collect`,
+    each timed contender is also appended as (name, ms, TFLOP/s or None)."""
     from ...cli import _load, _parse_assignments
     from ...inputs import resolve_extents
     from ...ir.symbolic import evaluate
@@ -128,5 +129,7 @@ def run_bench(args, torch, device: str, timer) -> int:
         base = base or ms
         tf = f"{flops / ms / 1e9:.1f}" if flops else "-"
         print(f"{name:<20} {ms:>10.4f} {tf:>10} {ms / base:>13.2f}x")
+        if collect is not None:
+            collect.append((name, ms, flops / ms / 1e9 if flops else None))
     print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else device}")
     return 0
