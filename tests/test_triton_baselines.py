@@ -92,8 +92,18 @@ def test_the_variant_is_read_off_the_spec():
     assert pl.q_axes == ("b", "h", "g", "p", "e") and pl.k_axes == ("b", "h", "m", "e")
 
 
+_HDR = ("rank B, H, M, P, E = 8, F = 8\ninput Q[b, h, e, p], K[b, h, e, m], V[b, h, f, m]\n"
+        "output O[b, h, f, p]\n")
+_TAIL = ("GM[b, h, p] = S[b, h, m, p] :: max(m)\nSN[b, h, m, p] = exp(S[b, h, m, p] - GM[b, h, p])\n"
+         "SD[b, h, p] = SN[b, h, m, p]\nO[b, h, f, p] = SN[b, h, m, p] * V[b, h, f, m] / SD[b, h, p]\n")
+_QK = "QK[b, h, m, p] = Q[b, h, e, p] * K[b, h, e, m]\n"
+_S = "S[b, h, m, p] = Q[b, h, e, p] * K[b, h, e, m]\n"
+
+
 @pytest.mark.parametrize("source,why", [
-    ("attention/learnable_sink_1pass.ein", "param `s0` is used outside the scores"),
+    (_HDR.replace("output", "param s0\noutput") + _S + _TAIL.replace(" / SD[b, h, p]",
+                                                                      " / SD[b, h, p] * s0"),
+     "param `s0` is used outside the scores"),
     ("rank E = 4, M, P\ninput Q[e, p], K[e, m], V[e, m]\noutput O[e, p], D[p]\n"
      "S[m, p] = Q[e, p] * K[e, m]\nX[p] = S[m, p] :: max(m)\nN[m, p] = exp(S[m, p] - X[p])\n"
      "D[p] = N[m, p]\nO[e, p] = N[m, p] * V[e, m] / D[p]\n", "2 outputs"),
@@ -143,20 +153,33 @@ def test_bench_harness_checks_then_times_on_the_cpu(capsys):
     assert abs(density - sum(min(70, p + 21) for p in range(50)) / (50 * 70)) < 1e-6
 
 
-def test_bench_harness_times_alone_what_no_baseline_expresses(capsys):
+def test_learnable_sink_gets_flex_with_an_epilogue(capsys):
+    """The sink seeds the running state (s0, 1, 0): FlexAttention's log-sum-exp and an
+    epilogue compute it (two launches, where einsumc needs one); SDPA cannot."""
+    prog = einsumc.load(EX / "attention/learnable_sink_1pass.ein")
+    pl = BL.plan(prog, {"B": 1, "H": 2, "M": 40, "P": 9, "E": 64, "F": 64, "M0": 16,
+                        "M1": 3}, {"s0": 0.5})
+    assert pl.state0 == (0.5, 1.0, 0.0)
+    checks = BL.verify(prog, {"B": 1, "H": 2, "M": 70, "P": 50}, {"s0": 3.0}, torch)
+    assert checks["FlexAttention"] is None and "log-sum-exp" in checks["torch SDPA"]
     assert _bench("attention/learnable_sink_1pass.ein", "B=1,H=1,M=40,P=9",
                   param="s0=0.5") == 0
     out = capsys.readouterr().out
-    assert "no baselines: param `s0` is used outside the scores" in out
+    assert "an epilogue merges" in out and "vs FlexAttention: max abs err" in out
+
+
+def test_bench_harness_times_alone_what_no_baseline_expresses(tmp_path, capsys):
+    spec = tmp_path / "two.ein"
+    spec.write_text("rank E = 8, M, P\ninput Q[e, p], K[e, m], V[e, m]\noutput O[e, p], D[p]\n"
+                    "S[m, p] = Q[e, p] * K[e, m]\nX[p] = S[m, p] :: max(m)\n"
+                    "N[m, p] = exp(S[m, p] - X[p])\nD[p] = N[m, p]\n"
+                    "O[e, p] = N[m, p] * V[e, m] / D[p]\n")
+    assert _bench(str(spec), "M=20,P=9") == 0
+    out = capsys.readouterr().out
+    assert "no baselines: 2 outputs" in out
     assert "torch SDPA" not in out.split("contender")[1]
 
 
-_HDR = ("rank B, H, M, P, E = 8, F = 8\ninput Q[b, h, e, p], K[b, h, e, m], V[b, h, f, m]\n"
-        "output O[b, h, f, p]\n")
-_TAIL = ("GM[b, h, p] = S[b, h, m, p] :: max(m)\nSN[b, h, m, p] = exp(S[b, h, m, p] - GM[b, h, p])\n"
-         "SD[b, h, p] = SN[b, h, m, p]\nO[b, h, f, p] = SN[b, h, m, p] * V[b, h, f, m] / SD[b, h, p]\n")
-_QK = "QK[b, h, m, p] = Q[b, h, e, p] * K[b, h, e, m]\n"
-_S = "S[b, h, m, p] = Q[b, h, e, p] * K[b, h, e, m]\n"
 _1P = (EX / "attention/mha_1pass.ein").read_text().replace("M0 = 256", "M0 = 4")
 _1PC = _1P.replace("/ sqrt(E)", "/ sqrt(E) where m1*M0 + m0 <= p")
 #: (spec, shapes, params, expected: "ok" = both baselines verified, else refused or failed)

@@ -47,7 +47,8 @@ from einsumc import EinsumcError  # noqa: E402
 from einsumc.backends.triton.lower import Config  # noqa: E402
 from einsumc.backends.triton.target import TritonInterpreterNotice, TritonTarget  # noqa: E402
 
-N_EXAMPLES = int(os.environ.get("EINSUMC_RANDOM_EXAMPLES", "30"))
+#: examples in all, shared out over the filters (at least 2 per filter)
+N_EXAMPLES = int(os.environ.get("EINSUMC_RANDOM_EXAMPLES", "36"))
 SEED = os.environ.get("EINSUMC_RANDOM_SEED")
 TOL = 2e-5
 CONFIGS = {"default": None, "as-written": Config(opt=False)}
@@ -205,8 +206,13 @@ FILTERS = {
 }
 
 
+#: M and P: uniform over 1..70 (hypothesis' integers() favour the ends too much for a
+#: few dozen examples); P = 1 (decoding) gets extra weight above
+EXTENTS = tuple(range(1, 71))
+
+
 @st.composite
-def variants(draw) -> Variant:
+def variants(draw, filt: str | None = None) -> Variant:
     layout = draw(st.sampled_from(["mha", "gqa", "mqa"]))
     scale = draw(st.sampled_from(["sqrtE", "const", "param", "none"]))
     return Variant(
@@ -217,13 +223,13 @@ def variants(draw) -> Variant:
         G=draw(st.integers(1, 3)) if layout == "gqa" else 1,
         E=draw(st.sampled_from([4, 8, 16, 24])),
         F=draw(st.sampled_from([4, 8, 16, 24])),
-        M=draw(st.one_of(st.integers(1, 70), st.sampled_from([1, 2, 16, 17, 64, 65]))),
-        P=draw(st.one_of(st.integers(1, 70), st.just(1))),
+        M=draw(st.sampled_from(EXTENTS)),
+        P=draw(st.sampled_from((1,) * 8 + EXTENTS)),
         scale=scale,
         scale_where=draw(st.sampled_from(["dot", "map"])),
         bias=draw(st.booleans()),
         softcap=draw(st.booleans()),
-        filt=draw(st.sampled_from(list(FILTERS))),
+        filt=filt if filt is not None else draw(st.sampled_from(list(FILTERS))),
         form=draw(st.sampled_from(["3pass", "deferred", "fused"])),
         W=draw(st.integers(1, 10)),
         S0=draw(st.integers(0, 4)),
@@ -244,7 +250,7 @@ def _triton(prog, ins, params, config):
     fn = TritonTarget().compile(prog, config=config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TritonInterpreterNotice)
-        return fn(**{k: torch.from_numpy(v.copy()) for k, v in ins.items()}, **params)
+        return fn, fn(**{k: torch.from_numpy(v.copy()) for k, v in ins.items()}, **params)
 
 
 def check_variant(v: Variant, configs=CONFIGS) -> None:
@@ -254,11 +260,11 @@ def check_variant(v: Variant, configs=CONFIGS) -> None:
     ref = _ref(prog, ins, params)
     for cname, config in configs.items():
         try:
-            out = _triton(prog, ins, params, config)
+            fn, out = _triton(prog, ins, params, config)
         except EinsumcError as e:
             REFUSALS[(cname, str(e).strip().splitlines()[0][:160])] += 1
             continue
-        RAN[cname] += 1
+        RAN[cname + ("/multi-kernel" if "multi-kernel path" in fn.source else "/one-loop")] += 1
         assert set(out) == set(ref)
         for k in ref:
             a = out[k].float().numpy()
@@ -273,7 +279,8 @@ def check_variant(v: Variant, configs=CONFIGS) -> None:
 
 # ----------------------------------------------------------------------------- the tests
 def _settings(f):
-    f = settings(max_examples=N_EXAMPLES, deadline=None, derandomize=SEED is None,
+    n = max(2, -(-N_EXAMPLES // len(FILTERS)))
+    f = settings(max_examples=n, deadline=None, derandomize=SEED is None,
                  database=None, print_blob=True,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])(f)
     return seed(int(SEED))(f) if SEED is not None else f
@@ -287,10 +294,12 @@ def _report():
         print(f"  refused x{n} [{cname}]: {msg}")
 
 
+@pytest.mark.parametrize("filt", list(FILTERS))
 @_settings
-@given(variants())
-def test_random_variant_matches_numpy(v: Variant):
-    check_variant(v)
+@given(data=st.data())
+def test_random_variant_matches_numpy(filt: str, data):
+    """Stratified by filter (the most fragile axis), everything else drawn."""
+    check_variant(data.draw(variants(filt), label="variant"))
 
 
 def test_every_filter_loads_in_every_layout():

@@ -13,15 +13,17 @@ through elementwise maps, to the Q·K contraction, and
   and grouped query heads (GQA, MQA, SQA) use `enable_gqa`;
 - SDPA gets the same variant when the scores are `score + bias` (a dense bias / mask).
 
-What cannot be expressed as one call is refused with a reason (`Unavailable`), never
-approximated: several outputs, or a param or input read outside the scores (a learnable
-sink logit that seeds the running max). The benchmark still checks every derived baseline
+A running state that starts from a sink (`RM = s0, RD = 1, RNV = 0`) becomes FlexAttention's
+log-sum-exp plus an epilogue. What cannot be expressed is refused with a reason
+(`Unavailable`), never approximated: several outputs, or a param or input read anywhere
+else outside the scores. The benchmark still checks every derived baseline
 against the einsumc kernel before it times anything; `tests/test_triton_baselines.py`
 checks the derivation against the NumPy backend for every softmax example on the CPU
 (FlexAttention runs eagerly there).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ...ir import nodes as N
@@ -53,6 +55,7 @@ class Plan:
     extents: dict
     params: dict
     ranks: tuple[str, str] = ("P", "M")  # the query and key ranks (names)
+    state0: tuple[float, float, float] | None = None  # initial (max, denominator, numerator)
 
 
 def plan(prog, extents: dict, params: dict) -> Plan:
@@ -90,7 +93,12 @@ def _plan(prog, extents, params) -> Plan:
     if x.filter is not None:
         filters.append((x.tensor, x.filter))
     chain.append(x.tensor)
-    _only_scores_read_extras(prog, set(chain), reads)
+    init_at, state0 = _initial_state(prog)
+    _only_scores_read_extras(prog, set(chain), reads, frozenset(init_at))
+    if state0 is not None:
+        state0 = tuple(_const(x, extents, params) for x in state0)
+        if state0 == (-math.inf, 0.0, 0.0):  # the plain online softmax: no epilogue
+            state0 = None
     if any(t != s_name for t, _ in filters) and _has_union(score):
         # `+`, max and min ignore an absent operand (rule 3): a masked score plus a bias is
         # present where the bias is, which no mask_mod expresses
@@ -171,7 +179,7 @@ def _plan(prog, extents, params) -> Plan:
     return Plan(scale=scale, score=score, mask=_conj([f for _, f in filters]), batch=batch,
                 p=p[0], keys=key_strides, q_axes=q_axes, k_axes=k_axes, v_axes=v_axes,
                 o_axes=o_axes, extents=dict(extents), params=dict(params),
-                ranks=(prog.rank_of_var(pq).name, prog.rank_of_var(mk).name))
+                ranks=(prog.rank_of_var(pq).name, prog.rank_of_var(mk).name), state0=state0)
 
 
 def _mixed_radix(ix, vs, var_ext, extents, params):
@@ -319,11 +327,12 @@ def _inline(acc, defs, stop, chain, prog):
     return go(acc), filters, reads
 
 
-def _only_scores_read_extras(prog, chain, reads):
+def _only_scores_read_extras(prog, chain, reads, allowed=frozenset()):
     """A param or input (other than Q, K, V) read outside the score chain changes the
-    softmax itself (a learnable sink seeds the running max): no one-call baseline."""
-    for e in prog.einsums:
-        if e.tensor in chain:
+    softmax itself: no baseline, except in the statements of `allowed` (the initial
+    running state, which `_initial_state` turns into an epilogue)."""
+    for i, e in enumerate(prog.einsums):
+        if e.tensor in chain or i in allowed:
             continue
         for node in (n for x in (e.rhs, e.filter) if x is not None for n in N.walk(x)):
             if isinstance(node, N.Param):
@@ -333,6 +342,44 @@ def _only_scores_read_extras(prog, chain, reads):
                     prog.tensors.get(node.tensor) is not None and \
                     prog.tensors[node.tensor].kind == "input":
                 raise Unavailable(f"input `{node.tensor}` is read outside the scores")
+
+
+def _const(x, extents, params) -> float:
+    """A constant expression's value, infinities included."""
+    if isinstance(x, N.Num):
+        return float(x.value)
+    if isinstance(x, N.Unary) and x.op == "-":
+        return -_const(x.operand, extents, params)
+    if isinstance(x, N.Param) and x.name in params:
+        return float(params[x.name])
+    return float(evaluate(x, extents, params))
+
+
+def _initial_state(prog):
+    """(statement indices, (max, denominator, numerator) initial expressions) of an online
+    softmax whose output is `N[final] / D[final]` and whose running max `R[v+1] =
+    max(R[v], ...)`, when those three start from constants or params; else ((), None).
+    Starting from (s0, 1, 0) is one extra key of logit s0 and value 0 (a learnable sink):
+    FlexAttention plus an epilogue on its log-sum-exp computes it."""
+    out = prog.outputs[0].name
+    fin = [e for e in prog.einsums if e.tensor == out]
+    if len(fin) != 1 or not (isinstance(fin[0].rhs, N.BinOp) and fin[0].rhs.op == "/"):
+        return (), None
+    num, den = fin[0].rhs.left, fin[0].rhs.right
+    if not (isinstance(num, N.Access) and isinstance(den, N.Access)):
+        return (), None
+    mx = [e.tensor for e in prog.einsums if e.kind == "recur" and isinstance(e.rhs, N.Call)
+          and e.rhs.fn == "max" and any(isinstance(a, N.Access) and a.tensor == e.tensor
+                                        for a in e.rhs.args)]
+    if len(mx) != 1:
+        return (), None
+    inits = {e.tensor: (i, e.rhs) for i, e in enumerate(prog.einsums) if e.kind == "init"}
+    state = []
+    for t in (mx[0], den.tensor, num.tensor):
+        if t not in inits or any(isinstance(n, (N.Access, N.Var)) for n in N.walk(inits[t][1])):
+            return (), None
+        state.append(inits[t][1])
+    return tuple(inits[t][0] for t in (mx[0], den.tensor, num.tensor)), tuple(state)
 
 
 def _ext(prog, var, extents):
@@ -467,14 +514,33 @@ def flex_baseline(pl: Plan, inputs: dict, torch, compile_: bool = True):
             per_head = any(_mentions(pl.mask, v) for v, _ in pl.batch)
             cache[key] = create_block_mask(mask_mod, None, q.shape[1] if per_head else None,
                                            q.shape[2], k.shape[2], device=q.device)
-        return fa(q, k, v, score_mod=None if plain else score_mod,
-                  block_mask=cache.get(key), scale=pl.scale,
-                  enable_gqa=q.shape[1] != k.shape[1])
+        kw = {"score_mod": None if plain else score_mod, "block_mask": cache.get(key),
+              "scale": pl.scale, "enable_gqa": q.shape[1] != k.shape[1]}
+        if pl.state0 is None:
+            return fa(q, k, v, **kw)
+        o, lse = fa(q, k, v, return_lse=True, **kw)
+        return _merge_state(o, lse.float(), pl.state0, torch)
     return run
+
+
+def _merge_state(o, lse, state0, torch):
+    """softmax(scores)·V merged with an initial running state (m0, d0, n0): the keys give
+    numerator o·e^lse and denominator e^lse; the state n0·e^m0 and d0·e^m0."""
+    m0, d0, n0 = state0
+    top = torch.maximum(lse, torch.full_like(lse, m0))
+    top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
+    wk = torch.exp(lse - top).unsqueeze(-1)
+    ws = torch.exp(m0 - top).unsqueeze(-1)
+    den = wk + d0 * ws
+    res = (o.float() * wk + n0 * ws) / torch.where(den == 0, torch.ones_like(den), den)
+    return torch.where(den == 0, torch.zeros_like(res), res).to(o.dtype)
 
 
 def sdpa_baseline(pl: Plan, inputs: dict, torch, heads: int, P: int, M: int, device):
     """`run(q, k, v)` with SDPA, when the scores are `score + bias` (masked: -inf)."""
+    if pl.state0 is not None:
+        raise Unavailable("the running state starts from a sink; SDPA returns no "
+                          "log-sum-exp to merge it with")
     bias_expr = _bias(pl.score)
     ev = _evaluator(pl, inputs, torch)
     dense = bias_expr is not None and bias_expr != N.Num(0.0)

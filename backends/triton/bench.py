@@ -112,6 +112,10 @@ def run_bench(args, torch, device: str, timer, collect: list | None = None) -> i
                 failed += 1
                 continue
             results.append((name, lambda run=run: run(q, k, v)))
+        if pl.state0 is not None:
+            print("note: FlexAttention returns its log-sum-exp and an epilogue merges the "
+                  "cascade's initial running state (max, denominator, numerator) = "
+                  f"{pl.state0}: two launches")
         density = 1.0
         if pl.mask is not None:
             density = BL.mask_density(pl, ins, torch, heads, P, M, device)
