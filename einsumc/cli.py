@@ -15,7 +15,12 @@ from pathlib import Path
 from .diagnostics import EinsumcError
 
 
+_SUFFIX = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
+
+
 def _parse_assignments(text: str | None, what: str, cast=int) -> dict:
+    """`M=65536,P=16K` -> {"M": 65536, "P": 16384}: integers take K/M/G suffixes
+    (2**10/20/30); `cast=float` parses params."""
     out = {}
     if not text:
         return out
@@ -24,13 +29,18 @@ def _parse_assignments(text: str | None, what: str, cast=int) -> dict:
         if not item:
             continue
         name, sep, value = item.partition("=")
-        if not sep or not name.strip():
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
             raise EinsumcError([_plain_error(f"--{what}: expected NAME=VALUE, got '{item}'")])
+        mult = 1
+        if cast is int and value[-1].upper() in _SUFFIX and value[:-1].isdigit():
+            mult, value = _SUFFIX[value[-1].upper()], value[:-1]
         try:
-            out[name.strip()] = cast(value.strip())
+            out[name] = cast(value) * mult
         except ValueError:
+            hint = " (an integer; suffixes K, M, G allowed: P=64K)" if cast is int else ""
             raise EinsumcError([_plain_error(
-                f"--{what}: '{value.strip()}' is not a valid value for {name.strip()}")]) from None
+                f"--{what}: '{value}' is not a valid value for {name}{hint}")]) from None
     return out
 
 

@@ -14,33 +14,14 @@ from pathlib import Path
 
 from ...diagnostics import EinsumcError, error
 
-_SUFFIX = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
-
-
 def parse_shape(text: str | None, flag: str = "--shape") -> dict[str, int]:
-    """`M=65536,P=1M,B=64` -> {"M": 65536, "P": 1048576, "B": 64} (K/M/G = 2**10/20/30)."""
-    out: dict[str, int] = {}
-    if not text:
-        return out
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        name, sep, value = item.partition("=")
-        name, value = name.strip(), value.strip()
-        if not sep or not name or not value:
-            raise EinsumcError([error(f"{flag}: expected NAME=VALUE, got '{item}'")])
-        mult = 1
-        if value[-1].upper() in _SUFFIX and value[:-1].isdigit():
-            mult, value = _SUFFIX[value[-1].upper()], value[:-1]
-        try:
-            n = int(value) * mult
-        except ValueError:
-            raise EinsumcError([error(f"{flag}: '{value}' is not an integer extent for {name} "
-                                      "(suffixes K, M, G allowed: P=64K)")]) from None
+    """`M=65536,P=1M,B=64` -> {"M": 65536, "P": 1048576, "B": 64} (K/M/G = 2**10/20/30);
+    extents must be positive."""
+    from ...cli import _parse_assignments
+    out = _parse_assignments(text, flag.lstrip("-"), int)
+    for name, n in out.items():
         if n < 1:
             raise EinsumcError([error(f"{flag}: {name} must be positive, got {n}")])
-        out[name] = n
     return out
 
 

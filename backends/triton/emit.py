@@ -420,19 +420,7 @@ def _launcher(low: Lowering, ks: KernelSource, kname: str) -> list[str]:
     e("    splits (split-K, where the module has it): 0 chooses, 1 never splits, k > 1")
     e('    forces k."""')
     emit_bind_inputs(e, prog, low.var_rank)
-    # extents in dependency order
-    order = _rank_order(prog)
-    for r in order:
-        if r.extent is None:
-            e(f"    if {r.name!r} not in ext:")
-            e(f"        ext[{r.name!r}] = None")
-            continue
-        code = _py_expr(r.extent, low, "extent")
-        e(f"    _v = {code}")
-        e(f"    if {r.name!r} in ext and ext[{r.name!r}] != _v:")
-        e(f"        raise EinsumcLaunchError(f\"rank {r.name} = {{_v}} from its declaration, "
-          f"but {{ext[{r.name!r}]}} from {{src[{r.name!r}]}}\")")
-        e(f"    ext[{r.name!r}] = _v")
+    emit_bind_extents(e, prog, low)
     e("    prm = {}")
     int_params = low.int_params | _index_params(prog)
     for p in prog.params:
@@ -613,6 +601,22 @@ def _not_length(low: Lowering, rank: str) -> bool:
     """Ranks whose extent sizes blocks (tune per value) rather than sequence lengths."""
     vs = [v for v, r in low.var_rank.items() if r == rank]
     return any(low.group.get(v) in ("E", "F") or v in low.secondary for v in vs)
+
+
+def emit_bind_extents(e, prog, low) -> None:
+    """Launcher lines that bind every rank's extent in dependency order: a declared extent
+    is computed and checked against the one the inputs gave."""
+    for r in _rank_order(prog):
+        if r.extent is None:
+            e(f"    if {r.name!r} not in ext:")
+            e(f"        ext[{r.name!r}] = None")
+            continue
+        code = _py_expr(r.extent, low, "extent")
+        e(f"    _v = {code}")
+        e(f"    if {r.name!r} in ext and ext[{r.name!r}] != _v:")
+        e(f"        raise EinsumcLaunchError(f\"rank {r.name} = {{_v}} from its declaration, "
+          f"but {{ext[{r.name!r}]}} from {{src[{r.name!r}]}}\")")
+        e(f"    ext[{r.name!r}] = _v")
 
 
 def emit_bind_inputs(e, prog, var_rank) -> None:

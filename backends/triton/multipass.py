@@ -1106,7 +1106,8 @@ def _index_bounds(ml: MultiLowering):
 
 
 def emit_multipass(ml: MultiLowering, config) -> str:
-    from .emit import HELPERS, RUNTIME, _index_params, _py_expr, _rank_order, emit_bind_inputs
+    from .emit import (HELPERS, RUNTIME, _index_params, _py_expr, emit_bind_extents,
+                       emit_bind_inputs)
     from .lower import BACKEND_VERSION
     prog = ml.prog
     kernels = ml.build(config.block_r)
@@ -1148,17 +1149,7 @@ def emit_multipass(ml: MultiLowering, config) -> str:
       "autotune=None, interpret=False, split=0):")
     e('    """Run the kernels of the fusion groups in order (see the header)."""')
     emit_bind_inputs(e, prog, ml.var_rank)
-    for r in _rank_order(prog):
-        if r.extent is None:
-            e(f"    if {r.name!r} not in ext:")
-            e(f"        ext[{r.name!r}] = None")
-            continue
-        code = _py_expr(r.extent, None, "extent")
-        e(f"    _v = {code}")
-        e(f"    if {r.name!r} in ext and ext[{r.name!r}] != _v:")
-        e(f"        raise EinsumcLaunchError(f\"rank {r.name} = {{_v}} from its declaration, "
-          f"but {{ext[{r.name!r}]}} from {{src[{r.name!r}]}}\")")
-        e(f"    ext[{r.name!r}] = _v")
+    emit_bind_extents(e, prog, None)
     used = sorted({ml.var_rank[v] for stmts in ml.groups for x in stmts
                    for v in tuple(x.space) + x.lhs_vars}
                   | {ml.var_rank[v] for d in prog.outputs for v in d.indices})
