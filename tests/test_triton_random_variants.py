@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -51,7 +51,15 @@ from einsumc.backends.triton.target import TritonInterpreterNotice, TritonTarget
 N_EXAMPLES = int(os.environ.get("EINSUMC_RANDOM_EXAMPLES", "36"))
 SEED = os.environ.get("EINSUMC_RANDOM_SEED")
 TOL = 2e-5
-CONFIGS = {"default": None, "as-written": Config(opt=False)}
+
+
+def configs(v: "Variant") -> dict:
+    """The default config (--opt: one loop when it can), the cascade as written (one kernel
+    per fusion group), and small key tiles (16) and row blocks (16) so that M <= 70 spans
+    several tiles (tile skipping, masked and unmasked tile bodies), with split-K forced to
+    `v.split` splits (0: automatic) where the backend builds it."""
+    return {"default": None, "as-written": Config(opt=False),
+            f"tile16-split{v.split}": Config(block_r=16, num_stages=1, tile=16, split=v.split)}
 
 #: refusals (EinsumcError at compile or launch) by config and first line of the message
 REFUSALS: Counter = Counter()
@@ -83,7 +91,7 @@ class Variant:
     sc: float            # the scale constant / param value
     q_amp: float         # amplitude of Q (peakier softmax)
     seed: int
-    params: dict = field(default_factory=dict)
+    split: int = 0       # split-K splits forced in the tile-16 config (0: automatic)
 
     # ---- index lists
     def ix(self, *names: str) -> str:
@@ -238,6 +246,7 @@ def variants(draw, filt: str | None = None) -> Variant:
         sc=draw(st.sampled_from([0.125, 0.3, 1.0, 1.7])),
         q_amp=draw(st.sampled_from([0.5, 1.0, 3.0])),
         seed=draw(st.integers(0, 2**16)),
+        split=draw(st.sampled_from([0, 1, 2, 3])),
     )
 
 
@@ -253,18 +262,28 @@ def _triton(prog, ins, params, config):
         return fn, fn(**{k: torch.from_numpy(v.copy()) for k, v in ins.items()}, **params)
 
 
-def check_variant(v: Variant, configs=CONFIGS) -> None:
+def _path(fn) -> str:
+    """Which kernel(s) the last launch ran: multi-kernel, one-loop, or split-K."""
+    if "multi-kernel path" in fn.source:
+        return "multi-kernel"
+    last = getattr(fn.module(True), "LAST_LAUNCH", {})
+    return f"split-K x{last['nsplit']}" if last.get("kernel") == "split" else "one-loop"
+
+
+def check_variant(v: Variant, only: str | None = None) -> None:
     text = v.source()
     prog = einsumc.load(text)
     ins, params = v.inputs(), v.run_params()
     ref = _ref(prog, ins, params)
-    for cname, config in configs.items():
+    for cname, config in configs(v).items():
+        if only is not None and not cname.startswith(only):
+            continue
         try:
             fn, out = _triton(prog, ins, params, config)
         except EinsumcError as e:
             REFUSALS[(cname, str(e).strip().splitlines()[0][:160])] += 1
             continue
-        RAN[cname + ("/multi-kernel" if "multi-kernel path" in fn.source else "/one-loop")] += 1
+        RAN[f"{cname.split('-split')[0]}/{_path(fn)}"] += 1
         assert set(out) == set(ref)
         for k in ref:
             a = out[k].float().numpy()

@@ -300,13 +300,7 @@ def evaluate(cm: CascadeModel, arch: Architecture, mp: Mapping, shapes: dict[str
     p0 = min(p0, ext[q]) if q else 1
     leaf, root = cm.seq_leaf, cm.seq_root
     partitioned = leaf is not None and leaf != root
-    ext_tile = dict(ext)
-    if q:
-        ext_tile[q] = p0
-    for v in cm.seq_outer:
-        ext_tile[v] = 1
-    for v in plan.batch:
-        ext_tile[v] = 1
+    ext_tile = _tile_extents(cm, plan, ext, p0)
     n_q = math.ceil(ext[q] / p0) if q else 1
     n_seq = math.prod(ext[v] for v in cm.seq_outer) if partitioned else 1
     n_main = batch_mult * n_q * n_seq
@@ -431,6 +425,17 @@ def evaluate(cm: CascadeModel, arch: Architecture, mp: Mapping, shapes: dict[str
 
 
 # ---------------------------------------------------------------------------- pieces
+def _tile_extents(cm: CascadeModel, plan: Plan, ext: dict, p0: int) -> dict:
+    """Extents within one tile: P0 queries, one iterate of the outer sequence partitions,
+    one batch instance."""
+    out = dict(ext)
+    if plan.query:
+        out[plan.query] = p0
+    for v in (*cm.seq_outer, *plan.batch):
+        out[v] = 1
+    return out
+
+
 def _tile_sizes(cm: CascadeModel, arch: Architecture, mp: Mapping, plan: Plan,
                 shapes: dict) -> dict[str, int]:
     """Extents of partition ranks set by the mapping (default: the seq rank's innermost
@@ -892,13 +897,7 @@ def _unfused(cm, arch, mp, plan, costs, ext, inst, batch_mult, cls, size, per_qu
         busy = sum(c.cycles for c in costs if c.name in names and c.array)
         comp_s = busy / arch.clock_hz
         mem_s = block["dram_bytes"] / arch.dram_bw
-        ext_tile = dict(ext)
-        if q:
-            ext_tile[q] = p0
-        for v in cm.seq_outer:
-            ext_tile[v] = 1
-        for v in plan.batch:
-            ext_tile[v] = 1
+        ext_tile = _tile_extents(cm, plan, ext, p0)
         idx = {e.index for e in ph}
         for c, e in zip(costs, cm.einsums):
             if c.index in idx:

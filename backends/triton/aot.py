@@ -19,6 +19,7 @@ declared in the spec (a symbolic head dim) take `shapes` or 64.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -63,6 +64,23 @@ class AotResult:
     def smem_ok(self) -> bool:
         return self.smem_limit is None or self.smem <= self.smem_limit
 
+
+
+@contextlib.contextmanager
+def cold_cache():
+    """A fresh, private TRITON_CACHE_DIR for one compile (honest compile times, nothing
+    left behind), restored afterwards."""
+    old = os.environ.get("TRITON_CACHE_DIR")
+    tmp = tempfile.mkdtemp(prefix="einsumc-aot-")
+    os.environ["TRITON_CACHE_DIR"] = tmp
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TRITON_CACHE_DIR", None)
+        else:
+            os.environ["TRITON_CACHE_DIR"] = old
+        shutil.rmtree(tmp, ignore_errors=True)
 
 def parse_archs(text: str | list) -> list[int]:
     items = text if isinstance(text, list) else str(text).split(",")
@@ -173,23 +191,17 @@ def compile_kernel(program: Program, arch: int, config: Config = DEFAULT, dtype:
         if sig[n].startswith("*") or (kinds.get(n, ("",))[0] == "stride" and sig[n] == "i32"):
             attrs[(i,)] = [["tt.divisibility", 16]]
     t0 = time.perf_counter()
-    old = os.environ.get("TRITON_CACHE_DIR")
-    tmp = tempfile.mkdtemp(prefix="einsumc-aot-")  # a cold cache: honest compile times
-    os.environ["TRITON_CACHE_DIR"] = tmp
     try:
-        k = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
-                           options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+        with cold_cache():
+            k = triton.compile(ASTSource(fn, sig, consts, attrs),
+                               target=GPUTarget("cuda", arch, 32),
+                               options=dict(num_warps=config.num_warps,
+                                            num_stages=config.num_stages))
     except Exception as exc:
         raise EinsumcError([error(f"--aot: Triton failed to compile the kernel for sm_{arch} "
                                   f"({config.key()}, {dtype}): {type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0] if str(exc) else ''}")],
                            program.source) from None
-    finally:
-        if old is None:
-            os.environ.pop("TRITON_CACHE_DIR", None)
-        else:
-            os.environ["TRITON_CACHE_DIR"] = old
-        shutil.rmtree(tmp, ignore_errors=True)
     secs = time.perf_counter() - t0
     regs, st, ld = _ptxas_usage(k.asm["ptx"], arch)
     ttgir = k.asm.get("ttgir", "")

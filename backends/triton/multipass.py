@@ -1227,8 +1227,6 @@ def aot_multipass(program: Program, arch: int = 90, dtype: str = "f16", config=N
     `aot.compile_kernel` does for the one-loop kernel): a dict per kernel with its name,
     registers and spill bytes (ptxas -v), shared memory and the dots in the TTGIR."""
     import re
-    import shutil
-    import tempfile
 
     import triton
     from triton.backends.compiler import GPUTarget
@@ -1236,7 +1234,7 @@ def aot_multipass(program: Program, arch: int = 90, dtype: str = "f16", config=N
     from triton.runtime.jit import JITFunction
 
     from . import loader
-    from .aot import _TT, _ptxas_usage
+    from .aot import _TT, _ptxas_usage, cold_cache
     from .lower import Config
     from .target import generate
     config = config or Config(opt=False)
@@ -1274,24 +1272,16 @@ def aot_multipass(program: Program, arch: int = 90, dtype: str = "f16", config=N
         for i, n in enumerate(fn.arg_names):
             if sig[n].startswith("*") or (sig[n] == "i32" and n.startswith("s_")):
                 attrs[(i,)] = [["tt.divisibility", 16]]
-        old = os.environ.get("TRITON_CACHE_DIR")
-        tmp = tempfile.mkdtemp(prefix="einsumc-aot-")
-        os.environ["TRITON_CACHE_DIR"] = tmp
         try:
-            k = triton.compile(ASTSource(fn, sig, consts, attrs),
-                               target=GPUTarget("cuda", arch, 32),
-                               options=dict(num_warps=config.num_warps,
-                                            num_stages=config.num_stages))
+            with cold_cache():
+                k = triton.compile(ASTSource(fn, sig, consts, attrs),
+                                   target=GPUTarget("cuda", arch, 32),
+                                   options=dict(num_warps=config.num_warps,
+                                                num_stages=config.num_stages))
         except Exception as exc:
             _fail(f"--aot: Triton failed to compile {K.name} for sm_{arch} ({dtype}): "
                   f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                   program)
-        finally:
-            if old is None:
-                os.environ.pop("TRITON_CACHE_DIR", None)
-            else:
-                os.environ["TRITON_CACHE_DIR"] = old
-            shutil.rmtree(tmp, ignore_errors=True)
         regs, st, ld = _ptxas_usage(k.asm["ptx"], arch)
         ttgir = k.asm.get("ttgir", "")
         dots = len(re.findall(r"ttng\.warp_group_dot ", ttgir)) + \
