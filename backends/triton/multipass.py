@@ -508,7 +508,7 @@ class MultiLowering:
             vs = self.sort(K, [v for a in args for v in a.vars])
             cs = [self.expand(self.f32(a), a.vars, vs) for a in args]
             if not vs:
-                cs = [f"({c} + tl.zeros((), tl.float32))" if not a.vars and not _is_name(c)
+                cs = [f"({c} + tl.full((), 0.0, tl.float32))" if not a.vars and not _is_name(c)
                       else c for c, a in zip(cs, args)]
             fn = {"exp": "tl.exp", "log": "tl.log", "sqrt": "tl.sqrt", "abs": "tl.abs",
                   "max": "tl.maximum", "min": "tl.minimum", "tanh": "_ein_tanh",
@@ -674,7 +674,7 @@ class MultiLowering:
         c = self.expand(code, have, want)
         if have != want:
             shape = ", ".join(self.blk(K, v) for v in want)
-            c = f"({c} + tl.zeros([{shape}], tl.float32))" if want else c
+            c = f"({c} + tl.full([{shape}], 0.0, tl.float32))" if want else c
         return c
 
     def _open_loop(self, K: Kernel, v: str, filters=None):
