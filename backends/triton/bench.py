@@ -8,7 +8,7 @@ for a GPU one). On a GPU:
 2. the einsumc kernel runs once (autotuning) and its output is checked against SDPA (and
    against FlexAttention) before any time is taken; a mismatch aborts with exit 1;
 3. each contender is timed with `triton.testing.do_bench` (median), and the table gives
-   ms and TFLOP/s (4 * batch * P * M * E flops; half of that under a causal mask).
+   ms and TFLOP/s (2 * heads * P * M * (E + F) flops times the mask's density).
 
 The baselines are derived from the cascade itself (`baselines.py`): the score maps
 become a FlexAttention `score_mod`, the filters its `mask_mod`, and SDPA gets a dense
@@ -88,7 +88,7 @@ def run_bench(args, torch, device: str, timer, collect: list | None = None) -> i
         v = BL.flatten(ins["V"], decl["V"], pl.v_axes, torch)
         mine = BL.flatten(o, prog.outputs[0].indices, pl.o_axes, torch)
         tol = 2e-2 if o.dtype != torch.float32 else 2e-3
-        heads, P, M, E = q.shape[1], q.shape[2], k.shape[2], q.shape[3]
+        heads, P, M, E, F = q.shape[1], q.shape[2], k.shape[2], q.shape[3], v.shape[3]
         makers = [("torch SDPA", lambda: BL.sdpa_baseline(pl, ins, torch, heads, P, M, device)),
                   ("FlexAttention", lambda: BL.flex_baseline(pl, ins, torch,
                                                              compile_=device == "cuda"))]
@@ -119,7 +119,7 @@ def run_bench(args, torch, device: str, timer, collect: list | None = None) -> i
         density = 1.0
         if pl.mask is not None:
             density = BL.mask_density(pl, ins, torch, heads, P, M, device)
-        flops = 4.0 * heads * P * M * E * density
+        flops = 2.0 * heads * P * M * (E + F) * density  # Q·K and P·V
         print(f"variant: {heads} heads x P={P} x M={M}, head dim {E}, scale {pl.scale:.4g}, "
               f"mask density {density:.3f}")
     if failed:
