@@ -204,6 +204,33 @@ def test_zero_constant_divisor_of_a_contraction_with_inf_is_zero():
     assert (out["S"] == 0).all()
 
 
+def test_summed_variable_in_no_factor_counts_once_per_point():
+    """A summed variable that no factor carries still counts once per present point (rules
+    1-2): a filter true on the whole space, a read absent everywhere under a union."""
+    a = np.array([1.0, 2.0])
+    src = "rank I = 2, J = 3\ninput A[i] : f64\noutput O[i] : f64\nO[i] = A[i] * A[i] where j >= 0\n"
+    assert run(src, A=a)["O"].tolist() == [3.0, 12.0]
+    src = ("rank I = 2, K = 3\ninput A[i] : f64, B[k] : f64\noutput O[i] : f64\n"
+           "O[i] = (B[k + K] + A[i]) * A[i]\n")
+    assert run(src, A=a, B=np.full(3, 5.0))["O"].tolist() == [3.0, 12.0]
+    src = "rank J = 3, P\ninput A[p] : f64\noutput O[p] : f64\nO[p] = A[p] * A[p] where j <= p\n"
+    assert (run(src, A=np.ones(1000))["O"] == np.minimum(np.arange(1000) + 1, 3)).all()
+
+
+def test_sum_of_products_with_inf_is_point_by_point():
+    """0 * inf is NaN and x / 0 is 0 at each point, whatever order a contraction would use."""
+    with np.errstate(all="ignore"):
+        out = run("rank I = 2, J = 2\ninput A[i] : f64, B[j] : f64\noutput O : f64\n"
+                  "O = A[i] * B[j]\n", A=np.array([np.inf, 1.0]), B=np.array([0.0, 1.0]))
+        assert np.isnan(out["O"])
+        out = run("rank K = 2\ninput A[k] : f64\noutput O : f64\nO = inf * A[k] * A[k]\n",
+                  A=np.array([0.0, 1.0]))
+        assert np.isnan(out["O"])
+        out = run("rank I = 1\ninput A[i] : f64, B[i] : f64\noutput O : f64\n"
+                  "O = A[i] / (2 / B[i])\n", A=np.array([np.inf]), B=np.array([0.0]))
+        assert out["O"] == 0.0  # 2 / 0 = 0, inf / 0 = 0 (rule 4)
+
+
 def test_integral_float_extent_and_unused_rank():
     out = run("rank K\nrank N = sqrt(16)\ninput A[k], B[n]\noutput Y\nY = A[k] * B[n]\n",
               A=np.ones(3, np.float32), B=np.ones(4, np.float32))

@@ -128,6 +128,12 @@ _BINARY = {"-": _sub, "*": np.multiply, "/": _div}
 _IN_PLACE = ("exp", "tanh", "sqrt", "abs", "log")
 
 
+def _all_finite(a) -> bool:
+    """No inf or NaN in `a`: one sum decides it unless the sum itself overflows."""
+    total = a.sum(dtype=np.float64) if a.dtype.itemsize < 4 else a.sum()
+    return bool(np.isfinite(total)) or bool(np.isfinite(a).all())
+
+
 def _owned(a):
     """Whether `a` is a fresh, writable float array of its own (safe to overwrite)."""
     return (isinstance(a, np.ndarray) and a.flags.owndata and a.flags.writeable
@@ -581,7 +587,7 @@ class Runner:
         if fmask is not None and fmask.ndim == 0:
             fmask = None
         evaluated = self._finite_factors(factors, ctx, fmask is not None) \
-            if len(factors) >= 2 else None
+            if len(factors) >= 2 and math.isfinite(const) else None
         if evaluated is not None:
             vals = []
             for (node, recip), v in zip(factors, evaluated):
@@ -625,6 +631,12 @@ class Runner:
                 ops[k] = (ops[k][0] * self.dtype(const), ops[k][1])
             arr, got = _contract(ops, out_vars)
             arr = _expand(arr, got, out_vars)
+            # a summed variable that no operand carries (a filter true on the whole box, a
+            # read absent everywhere under a union) still counts once per point
+            carried = {v for _, vs in ops for v in vs}
+            mult = math.prod(sizes[space.index(v)] for v in sum_vars if v not in carried)
+            if mult != 1:
+                arr = arr * self.dtype(mult)
             if const != 1.0 and not early:
                 arr = arr * self.dtype(const)
             mask = None
@@ -648,20 +660,16 @@ class Runner:
         return val, cur
 
     def _finite_factors(self, factors, ctx, filtered):
-        """The factors' values when the matmul path is exact, else None. That path fills
-        absent points with 0 and multiplies, and divides through a reciprocal: wrong for
-        inf/NaN values (0 * inf). Those (rare) cases take the dense path, which applies the
-        rules point by point. A constant divisor (`/ sqrt(E)`) is no risk."""
+        """The factors' values when the matmul path is exact, else None. That path reorders
+        the sum of products (a variable private to one factor is summed first, constants
+        and reciprocals are applied to the whole, absent points are filled with 0): exact
+        for finite values only. Any inf or NaN (point by point, 0 * inf is NaN and x / 0 is
+        0) takes the dense path, which applies the rules point by point."""
         vals = [self._eval(node, ctx) for node, _ in factors]
-        risky = filtered or any(v.mask is not None for v in vals) or any(
-            r and not (v.arr is not None and v.arr.size == 1 and v.mask is None
-                       and np.isfinite(v.arr).all() and (v.arr != 0).all())
-            for (_, r), v in zip(factors, vals))  # x / 0 = 0 must see every point
-        if not risky:
-            return vals
-        ok = all(v.arr is None or v.arr.dtype.kind != "f" or np.isfinite(v.arr).all()
-                 for v in vals)
-        return vals if ok else None
+        for v in vals:
+            if v.arr is not None and v.arr.dtype.kind == "f" and not _all_finite(v.arr):
+                return None
+        return vals
 
     def _predicate(self, node, ctx):
         """Filter as a boolean array over the space (or True/False when uniform).
