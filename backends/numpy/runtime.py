@@ -130,7 +130,8 @@ _IN_PLACE = ("exp", "tanh", "sqrt", "abs", "log")
 
 def _all_finite(a) -> bool:
     """No inf or NaN in `a`: one sum decides it unless the sum itself overflows."""
-    total = a.sum(dtype=np.float64) if a.dtype.itemsize < 4 else a.sum()
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing sum: look closer
+        total = a.sum(dtype=np.float64) if a.dtype.itemsize < 4 else a.sum()
     return bool(np.isfinite(total)) or bool(np.isfinite(a).all())
 
 
