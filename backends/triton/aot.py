@@ -66,6 +66,19 @@ class AotResult:
 
 
 
+def compile_cold(fn, sig, consts, attrs, arch, config):
+    """`triton.compile` of one kernel for sm_`arch` with the config's warps and stages, in
+    a fresh private cache (honest compile times, nothing left behind)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    with cold_cache():
+        return triton.compile(ASTSource(fn, sig, consts, attrs),
+                              target=GPUTarget("cuda", arch, 32),
+                              options=dict(num_warps=config.num_warps,
+                                           num_stages=config.num_stages))
+
+
 @contextlib.contextmanager
 def cold_cache():
     """A fresh, private TRITON_CACHE_DIR for one compile (honest compile times, nothing
@@ -108,9 +121,6 @@ def compile_kernel(program: Program, arch: int, config: Config = DEFAULT, dtype:
     """Compile one of the program's kernels for `arch`; returns (AotResult, compiled kernel).
     `kernel`: "main" (einsumc_kernel), or the split-K pair "split" (einsumc_kernel_split,
     16-row or decode-sized row blocks as launched) and "merge" (einsumc_merge)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
 
     from . import loader
@@ -192,11 +202,7 @@ def compile_kernel(program: Program, arch: int, config: Config = DEFAULT, dtype:
             attrs[(i,)] = [["tt.divisibility", 16]]
     t0 = time.perf_counter()
     try:
-        with cold_cache():
-            k = triton.compile(ASTSource(fn, sig, consts, attrs),
-                               target=GPUTarget("cuda", arch, 32),
-                               options=dict(num_warps=config.num_warps,
-                                            num_stages=config.num_stages))
+        k = compile_cold(fn, sig, consts, attrs, arch, config)
     except Exception as exc:
         raise EinsumcError([error(f"--aot: Triton failed to compile the kernel for sm_{arch} "
                                   f"({config.key()}, {dtype}): {type(exc).__name__}: "

@@ -1228,13 +1228,10 @@ def aot_multipass(program: Program, arch: int = 90, dtype: str = "f16", config=N
     registers and spill bytes (ptxas -v), shared memory and the dots in the TTGIR."""
     import re
 
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
 
     from . import loader
-    from .aot import _TT, _ptxas_usage, cold_cache
+    from .aot import _TT, _ptxas_usage, compile_cold
     from .lower import Config
     from .target import generate
     config = config or Config(opt=False)
@@ -1273,11 +1270,7 @@ def aot_multipass(program: Program, arch: int = 90, dtype: str = "f16", config=N
             if sig[n].startswith("*") or (sig[n] == "i32" and n.startswith("s_")):
                 attrs[(i,)] = [["tt.divisibility", 16]]
         try:
-            with cold_cache():
-                k = triton.compile(ASTSource(fn, sig, consts, attrs),
-                                   target=GPUTarget("cuda", arch, 32),
-                                   options=dict(num_warps=config.num_warps,
-                                                num_stages=config.num_stages))
+            k = compile_cold(fn, sig, consts, attrs, arch, config)
         except Exception as exc:
             _fail(f"--aot: Triton failed to compile {K.name} for sm_{arch} ({dtype}): "
                   f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
